@@ -560,9 +560,12 @@ export function fastifyIdempotency(
     if (begun.kind === 'bypass') return
     if (begun.kind === 'respond') {
       states.set(request, { kind: 'done' })
-      setReply(reply, untrackedCode, begun.response, false)
-      // Returning the reply after send() tells Fastify the hook answered the request.
-      reply.send(Buffer.from(begun.response.body))
+      const { response } = begun
+      setReply(reply, untrackedCode, response, false)
+      // Returning the reply after send() tells Fastify the hook answered the request. An empty
+      // body goes as no payload: Fastify gives a Buffer `application/octet-stream` when no
+      // Content-Type is set, which a recorded empty response (a redirect) did not have.
+      reply.send(response.body.byteLength === 0 ? undefined : Buffer.from(response.body))
       return reply
     }
     const { execution } = begun

@@ -45,3 +45,28 @@ it('records and replays a fetch Response returned by the handler', async () => {
   expect(replay.headers['idempotent-replayed']).toBe('true')
   expect(runs).toBe(1)
 })
+
+// A recorded response without a body or a Content-Type (a redirect) was replayed as a Buffer
+// payload, for which Fastify adds `content-type: application/octet-stream`: the replay carried
+// a header the first response did not have.
+it('replays a response without body or Content-Type without adding one', async () => {
+  const idempotency = createIdempotency({ store: createMemoryIdempotencyStore() })
+  const app = Fastify()
+  await app.register(fastifyIdempotency(idempotency))
+  let runs = 0
+  app.post('/charges', async (_request, reply) => {
+    runs++
+    return reply.redirect('/charges/1', 303)
+  })
+  await app.ready()
+  listening = await listenServer(app.server)
+  const key = randomUUID()
+  const first = await send(`${listening.url}/charges`, { key, body: '{"a":1}' })
+  const replay = await send(`${listening.url}/charges`, { key, body: '{"a":1}' })
+  expect(first.headers['content-type']).toBeUndefined()
+  expect(replay.headers['idempotent-replayed']).toBe('true')
+  expect([replay.status, replay.headers.location]).toEqual([303, '/charges/1'])
+  expect(replay.headers['content-type']).toBeUndefined()
+  expect(replay.headers['content-length']).toBe('0')
+  expect(runs).toBe(1)
+})
