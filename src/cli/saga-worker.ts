@@ -137,13 +137,16 @@ function parse(
 }
 
 /**
- * Loads the definitions `--module` exports. Whether they are valid definitions is left to
- * `createSagaWorker`, which names the one at fault. A path that names no file is a bad argument
+ * Loads the definitions `--module` exports (here and for `saga list|show --module`). Whether
+ * they are valid definitions is left to `createSagaWorker` (or `listSagas`), which names the
+ * one at fault. A path that names no file is a bad argument
  * (exit 2, with the usage); a file that fails while it loads (its own code throws, a package it
  * imports is missing, it cannot reach what it connects to at its top level) is a failure to
  * start (exit 1): the arguments were right, and the usage would not help.
  */
-async function loadSagas(file: string): Promise<readonly SagaDefinition<unknown, unknown>[]> {
+export async function loadSagas(
+  file: string,
+): Promise<readonly SagaDefinition<unknown, unknown>[]> {
   const path = isAbsolute(file) ? file : resolve(process.cwd(), file)
   const stats = visibleStatOf(path)
   if (stats === undefined) throw new UsageError(`--module: cannot load ${path}: no such file`)

@@ -1,3 +1,4 @@
+import { InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import {
   cancelSaga,
@@ -7,6 +8,8 @@ import {
   pruneFlowEvents,
   pruneSagas,
   retrySaga,
+  type SagaDefinition,
+  type SagaDefinitionProblem,
   type SagaInstance,
   type SagaStatus,
   type SagaSummary,
@@ -28,10 +31,13 @@ const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 const usage = `usage: breakwater saga <command> [options] [--db <url>]
 
 commands:
-  list [--status <status>] [--name <name>] [--limit <n>] [--json]
+  list [--status <status>] [--name <name>] [--limit <n>] [--json] [--module <file>]
                        list instances, newest first
-  show <id> [--json]   print an instance and its timeline (each step, attempt, error,
+  show <id> [--json] [--module <file>]
+                       print an instance and its timeline (each step, attempt, error,
                        compensation)
+                       --module: the module your workers run (as for \`saga worker\`):
+                       instances it has no definition (or other steps) for are marked
   retry <id> [--reason <text>] [--by <who>]
                        re-queue a parked (failed) saga: its compensation resumes
   cancel <id> [--reason <text>] [--by <who>]
@@ -68,6 +74,8 @@ interface Parsed {
   /** prune: milliseconds. */
   readonly olderThanMs: number
   readonly includeParked: boolean
+  /** list, show: the module whose definitions instances are checked against. */
+  readonly module: string | undefined
 }
 
 const valueFlags = new Set([
@@ -78,11 +86,12 @@ const valueFlags = new Set([
   '--reason',
   '--by',
   '--older-than',
+  '--module',
 ])
 const booleanFlags = new Set(['--json', '--include-parked'])
 const allowed: Record<Parsed['command'], readonly string[]> = {
-  list: ['--db', '--status', '--name', '--limit', '--json'],
-  show: ['--db', '--json'],
+  list: ['--db', '--status', '--name', '--limit', '--json', '--module'],
+  show: ['--db', '--json', '--module'],
   retry: ['--db', '--reason', '--by'],
   cancel: ['--db', '--reason', '--by'],
   prune: ['--db', '--older-than', '--include-parked'],
@@ -155,6 +164,7 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     by: values.get('--by') ?? 'cli',
     olderThanMs: parseDuration('--older-than', values.get('--older-than') ?? '30d'),
     includeParked: flags.has('--include-parked'),
+    module: values.get('--module'),
   }
 }
 
@@ -202,26 +212,34 @@ async function execute(
   err: TextSink,
 ): Promise<number> {
   switch (parsed.command) {
-    case 'list': {
-      const sagas = await listSagas(db, {
-        ...(parsed.status === undefined ? {} : { status: parsed.status }),
-        ...(parsed.name === undefined ? {} : { name: parsed.name }),
-        limit: parsed.limit,
+    case 'list':
+    case 'show':
+      return withModule(parsed, err, async (definitions) => {
+        const given = definitions === undefined ? {} : { definitions }
+        if (parsed.command === 'list') {
+          const sagas = await listSagas(db, {
+            ...(parsed.status === undefined ? {} : { status: parsed.status }),
+            ...(parsed.name === undefined ? {} : { name: parsed.name }),
+            limit: parsed.limit,
+            ...given,
+          })
+          out.write(parsed.json ? `${redactedJson(sagas)}\n` : formatList(sagas, definitions))
+          return 0
+        }
+        const id = parsed.id!
+        const saga = await getSaga(db, id, given)
+        if (saga === undefined) {
+          err.write(`breakwater saga: no saga instance has the id ${JSON.stringify(id)}\n`)
+          return 1
+        }
+        const timeline = await getSagaTimeline(db, id)
+        out.write(
+          parsed.json
+            ? `${redactedJson({ saga, timeline })}\n`
+            : formatShow(saga, timeline, definitions),
+        )
+        return 0
       })
-      out.write(parsed.json ? `${redactedJson(sagas)}\n` : formatList(sagas))
-      return 0
-    }
-    case 'show': {
-      const id = parsed.id!
-      const saga = await getSaga(db, id)
-      if (saga === undefined) {
-        err.write(`breakwater saga: no saga instance has the id ${JSON.stringify(id)}\n`)
-        return 1
-      }
-      const timeline = await getSagaTimeline(db, id)
-      out.write(parsed.json ? `${redactedJson({ saga, timeline })}\n` : formatShow(saga, timeline))
-      return 0
-    }
     case 'retry':
       await retrySaga(db, parsed.id!, adminOptions(parsed))
       out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
@@ -254,6 +272,39 @@ async function execute(
       )
       return 0
     }
+  }
+}
+
+type Definitions = readonly SagaDefinition<unknown, unknown>[]
+
+// Runs `read` with the definitions `--module` exports, if given. The module is the user's to
+// fix as for `saga worker`: one that names no file or exports no `sagas`, or a definition that
+// is not from defineSaga, exits 2 with the usage; one that throws while it loads exits 1.
+async function withModule(
+  parsed: Parsed,
+  err: TextSink,
+  read: (definitions: Definitions | undefined) => Promise<number>,
+): Promise<number> {
+  const usageError = (message: string) => {
+    err.write(`breakwater saga: ${redactSecrets(message)}\n\n${usage}`)
+    return 2
+  }
+  let definitions: Definitions | undefined
+  if (parsed.module !== undefined) {
+    const { loadSagas } = await import('./saga-worker.js')
+    try {
+      definitions = await loadSagas(parsed.module)
+    } catch (error) {
+      if (error instanceof UsageError) return usageError(error.message)
+      throw error
+    }
+  }
+  try {
+    return await read(definitions)
+  } catch (error) {
+    if (error instanceof InvalidOptionError && error.option.startsWith('options.definitions'))
+      return usageError(`--module: ${error.message.replace('options.definitions', 'sagas')}`)
+    throw error
   }
 }
 
@@ -318,7 +369,32 @@ function oneLine(text: string): string {
 // the columns and where to see why (`saga show` fails naming the problem).
 const unreadableCell = '(unreadable)'
 
-function formatList(sagas: readonly SagaSummary[]): string {
+// Why an instance's definition is in question, for the note under `saga list` and the
+// definition line of `saga show`.
+function definitionNote(
+  saga: Pick<SagaSummary, 'name' | 'version' | 'definition' | 'definitionProblem'>,
+  definitions: Definitions | undefined,
+): string {
+  const name = saga.name
+  const stored = `${name}@${saga.version ?? unreadableCell}`
+  const problem: SagaDefinitionProblem = saga.definitionProblem!
+  switch (problem) {
+    case 'definition-mismatch':
+      return `its name and version (${stored}) are not those of its definition column (${saga.definition === undefined ? 'not text' : oneLine(saga.definition)}), which workers run it by: a worker reports it (STORED_DATA_INVALID) and does not run it`
+    case 'unknown-name':
+      return `no definition of --module is named ${name}: a worker with them does not run it`
+    case 'unknown-version': {
+      const versions = (definitions ?? []).filter((d) => d.name === saga.name).map((d) => d.version)
+      return `${stored} is not among the definitions of --module (${name} has ${versions.length === 1 ? 'version' : 'versions'} ${versions.sort((a, b) => a - b).join(', ')}): a worker with them does not run it`
+    }
+    case 'steps-changed': {
+      const steps = definitions?.find((d) => d.key === saga.definition)?.stepNames ?? []
+      return `its stored steps are not those of ${stored} in --module (${steps.map(oneLine).join(', ')}): the definition was changed without a version bump, and a worker with it parks the instance`
+    }
+  }
+}
+
+function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): string {
   if (sagas.length === 0) return 'No saga instances.\n'
   const bad = (s: SagaSummary, ...columns: string[]) =>
     columns.some((c) => s.unreadable?.includes(c) === true)
@@ -326,7 +402,7 @@ function formatList(sagas: readonly SagaSummary[]): string {
     ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
     ...sagas.map((s) => [
       s.id,
-      `${s.name}@${s.version ?? unreadableCell}`,
+      `${s.name}@${s.version ?? unreadableCell}${s.definitionProblem === undefined ? '' : ` (${s.definitionProblem})`}`,
       s.status,
       bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
       s.attempt === undefined ? unreadableCell : String(s.attempt),
@@ -334,21 +410,33 @@ function formatList(sagas: readonly SagaSummary[]): string {
       truncate(s.reason ?? '', 60),
     ]),
   ]
-  const notes = sagas
-    .filter((s) => s.unreadable !== undefined)
-    .map(
-      (s) =>
-        `saga ${s.id}: ${s.unreadable!.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${s.id} says why\n`,
-    )
+  const notes = sagas.flatMap((s) => [
+    ...(s.unreadable === undefined
+      ? []
+      : [
+          `saga ${s.id}: ${s.unreadable.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${s.id} says why\n`,
+        ]),
+    ...(s.definitionProblem === undefined
+      ? []
+      : [`saga ${s.id}: ${definitionNote(s, definitions)}\n`]),
+  ])
   return `${table(rows)}\n${notes.length === 0 ? '' : `\n${notes.join('')}`}`
 }
 
-function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]): string {
+function formatShow(
+  saga: SagaInstance,
+  timeline: readonly SagaTimelineEntry[],
+  definitions?: Definitions,
+): string {
   const lines = [
     `saga      ${saga.id}`,
     `name      ${saga.name}@${saga.version}`,
     `status    ${saga.status}${saga.cancelRequested && saga.status !== 'cancelled' ? ' (cancel requested)' : ''}`,
   ]
+  if (saga.definitionProblem !== undefined)
+    lines.push(
+      `definition ${saga.definition === undefined ? '(not text)' : oneLine(saga.definition)} (${saga.definitionProblem}: ${definitionNote(saga, definitions)})`,
+    )
   if (saga.reason !== undefined) lines.push(`reason    ${oneLine(saga.reason)}`)
   lines.push(
     `created   ${time(saga.createdAt)}`,

@@ -3,12 +3,16 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName } from '../core/text.js'
 import { checkClock, checkInteger, checkObject, checkOneOf, optionKeys } from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
+import { compiledSaga, type SagaDefinition } from './definition.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { checkSagaOptions } from './options.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import {
+  type DefinitionRegistry,
+  definitionProblem,
   instanceFromRow,
   reasonInDetail,
+  type SagaDefinitionProblem,
   type SagaEventRow,
   type SagaInstance,
   type SagaNumberColumn,
@@ -43,9 +47,54 @@ export interface ListSagasOptions {
    * @default 100
    */
   readonly limit?: number | undefined
+  /**
+   * The definitions your workers run (the `sagas` of `createSagaWorker`): an instance that
+   * still needs a worker and whose definition is not among them, or is with other steps, is
+   * marked (`definitionProblem`: `unknown-name`, `unknown-version`, `steps-changed`).
+   * @default undefined (only a row at odds with its own definition column is marked)
+   */
+  readonly definitions?: readonly SagaDefinition<unknown, unknown>[] | undefined
 }
 
-const listOptions = optionKeys<ListSagasOptions>({ status: true, name: true, limit: true })
+const listOptions = optionKeys<ListSagasOptions>({
+  status: true,
+  name: true,
+  limit: true,
+  definitions: true,
+})
+
+/** Options of {@link getSaga}. */
+export interface GetSagaOptions {
+  /**
+   * The definitions your workers run, to check the instance against (see
+   * {@link ListSagasOptions.definitions}).
+   * @default undefined
+   */
+  readonly definitions?: readonly SagaDefinition<unknown, unknown>[] | undefined
+}
+
+const getOptions = optionKeys<GetSagaOptions>({ definitions: true })
+
+// The definitions given to listSagas or getSaga, checked as createSagaWorker checks its
+// `sagas`: each from defineSaga, each name and version once.
+function definitionRegistry(option: string, definitions: unknown): DefinitionRegistry | undefined {
+  if (definitions === undefined) return undefined
+  if (!Array.isArray(definitions))
+    throw new InvalidOptionError(option, 'an array of saga definitions (defineSaga)', definitions)
+  const steps = new Map<string, readonly string[]>()
+  const names = new Set<string>()
+  definitions.forEach((definition: unknown, i) => {
+    const saga = compiledSaga(definition, `${option}[${i}]`)
+    if (steps.has(saga.key))
+      throw new InvalidOptionError(`${option}[${i}]`, 'a name and version given once', saga.key)
+    steps.set(
+      saga.key,
+      saga.steps.map((step) => step.name),
+    )
+    names.add(saga.name)
+  })
+  return { steps, names }
+}
 
 /** A line of {@link listSagas}: an instance without its input and context. */
 export interface SagaSummary {
@@ -82,6 +131,18 @@ export interface SagaSummary {
    * every one can. The fields they give are undefined then.
    */
   readonly unreadable: readonly string[] | undefined
+  /**
+   * Its `definition` column: the `name@version` key workers claim it by, and so whose steps run
+   * on it. Undefined when it is not text (a row changed outside breakwater).
+   */
+  readonly definition: string | undefined
+  /**
+   * Why its definition is in question (see {@link SagaDefinitionProblem}): `definition-mismatch`
+   * when its name or version is not that of its definition column (a row changed outside
+   * breakwater, which a worker reports and does not run); given `definitions`, `unknown-name`,
+   * `unknown-version` or `steps-changed`. Undefined when it is not in question.
+   */
+  readonly definitionProblem: SagaDefinitionProblem | undefined
 }
 
 /**
@@ -105,6 +166,7 @@ export async function listSagas(
   if (options.name !== undefined && typeof options.name !== 'string')
     throw new InvalidOptionError('options.name', 'a string', options.name)
   const limit = checkInteger('options.limit', options.limit ?? 100, 1, 100_000)
+  const registry = definitionRegistry('options.definitions', options.definitions)
   const list = sagaStatements[db.dialect].list
   const name = options.name
   const [sql, params] =
@@ -124,10 +186,11 @@ export async function listSagas(
     // Read only when readable: storedNumber throws on the others.
     const read = (column: SagaNumberColumn | SagaOptionalTimeColumn) =>
       bad(column) ? undefined : storedNumber(row, column as SagaOptionalTimeColumn)
+    const version = read('version')
     return {
       id: row.id,
       name: row.name,
-      version: read('version'),
+      version,
       status: row.status as SagaStatus,
       step:
         steps === undefined || bad('step_index') ? undefined : steps[Number(row.step_index)]?.name,
@@ -140,22 +203,40 @@ export async function listSagas(
       updatedAt: read('updated_at'),
       finishedAt: read('finished_at'),
       unreadable,
+      // Marked, not refused: the worker reports such a row, and the listing showed it as any
+      // other, under a name or version whose steps are not the ones that would run on it.
+      definition: typeof row.definition === 'string' ? row.definition : undefined,
+      definitionProblem: definitionProblem(
+        row,
+        version,
+        steps?.map((step) => step.name),
+        registry,
+      ),
     }
   })
 }
 
 /**
- * Reads one instance; undefined when there is none with this id. A row changed outside
+ * Reads one instance; undefined when there is none with this id. An instance whose name or
+ * version is not that of its definition column, or, given `definitions`, whose definition is
+ * not among them, is marked (`definitionProblem`, see {@link SagaDefinitionProblem}). A row changed outside
  * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
  * `cancel_requested` a worker would refuse, a version or time that is not a whole number from
  * 1 or 0, a `lease_token` that is not one from 0) fails with `StoredDataError`
  * (`STORED_DATA_INVALID`) naming the saga and the column,
  * never shown as NaN, an Invalid Date or a wrong flag.
  */
-export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
+export async function getSaga(
+  db: SqlExecutor,
+  id: string,
+  options: GetSagaOptions = {},
+): Promise<SagaInstance | undefined> {
   checkId('id', id)
+  checkObject('options', options)
+  checkSagaOptions('options', options, getOptions)
+  const registry = definitionRegistry('options.definitions', options.definitions)
   const rows = await db.query<SagaRow>(sagaStatements[db.dialect].selectOne, [id])
-  return rows[0] === undefined ? undefined : instanceFromRow(rows[0])
+  return rows[0] === undefined ? undefined : instanceFromRow(rows[0], registry)
 }
 
 /**

@@ -6,6 +6,7 @@ export type {
   CancelSagaResult,
   DeliverReplyOptions,
   DeliverReplyResult,
+  GetSagaOptions,
   ListSagasOptions,
   SagaAdminOptions,
   SagaSummary,
@@ -97,6 +98,7 @@ export type { StartedSaga, StartSagaOptions } from './start.js'
 export { migrateSagas, startSaga } from './start.js'
 export type {
   ErrorInfo,
+  SagaDefinitionProblem,
   SagaInstance,
   SagaStatus,
   SagaTimelineEntry,

@@ -377,7 +377,7 @@ export interface SagaListStatements {
 // Every status an instance can have (the CHECK constraint of migration 1).
 const everyStatus = ['running', 'compensating', 'completed', 'compensated', 'failed', 'cancelled']
 
-const listColumns = `id, name, version, status, step_index, attempt, next_run_at, lease_owner,
+const listColumns = `id, name, version, definition, status, step_index, attempt, next_run_at, lease_owner,
   lease_expires_at, reason, created_at, updated_at, finished_at, steps`
 const newestFirst = (limit: string) => `ORDER BY created_at DESC, id LIMIT ${limit}`
 const listed = (where: string, limit: string) =>

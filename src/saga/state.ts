@@ -136,6 +136,67 @@ export interface SagaInstance {
   readonly updatedAt: number
   /** When it finished (epoch ms), if it has. */
   readonly finishedAt: number | undefined
+  /**
+   * Its `definition` column: the `name@version` key workers claim it by, and so whose steps run
+   * on it. Undefined when it is not text (a row changed outside breakwater).
+   */
+  readonly definition: string | undefined
+  /** Why its definition is in question, undefined when it is not: see {@link SagaDefinitionProblem}. */
+  readonly definitionProblem: SagaDefinitionProblem | undefined
+}
+
+/**
+ * Why an instance's definition is in question, as `listSagas` and `getSaga` mark it:
+ * - `definition-mismatch`: its `name` or `version` is not that of its `definition` column, the
+ *   `name@version` key workers claim it by (whose steps would run): a row changed outside
+ *   breakwater. A worker reports it (an `error` event, `STORED_DATA_INVALID`) and does not run it.
+ * - `unknown-name` (given `definitions`): none of them has its name; a worker with only those
+ *   never claims it (one still running is reported as `definition-missing`).
+ * - `unknown-version` (given `definitions`): its name is among them, not its version.
+ * - `steps-changed` (given `definitions`): its definition is among them with other step names
+ *   (changed without a version bump); a worker with it parks the instance.
+ *
+ * The last three only for an instance that still needs a worker (running, compensating, or
+ * parked: a retry resumes it): a finished one of a retired version is as it should be.
+ */
+export type SagaDefinitionProblem =
+  | 'definition-mismatch'
+  | 'unknown-name'
+  | 'unknown-version'
+  | 'steps-changed'
+
+/** The definitions an instance is checked against: their step names by `name@version` key. */
+export interface DefinitionRegistry {
+  readonly steps: ReadonlyMap<string, readonly string[]>
+  readonly names: ReadonlySet<string>
+}
+
+/**
+ * Why the definition of a row is in question (see {@link SagaDefinitionProblem}), given its
+ * version and stored step names as read (undefined when they cannot be), and the definitions
+ * to check it against, if any. A row whose version cannot be read is marked only when the name
+ * in its definition column is not its `name` (its `unreadable` mark says the rest).
+ */
+export function definitionProblem(
+  row: Pick<SagaRow, 'name' | 'definition' | 'status'>,
+  version: number | undefined,
+  stepNames: readonly string[] | undefined,
+  registry: DefinitionRegistry | undefined,
+): SagaDefinitionProblem | undefined {
+  const key: unknown = row.definition
+  if (
+    typeof key !== 'string' ||
+    (version === undefined ? !key.startsWith(`${row.name}@`) : key !== `${row.name}@${version}`)
+  )
+    return 'definition-mismatch'
+  if (registry === undefined || (finishedStatuses as readonly string[]).includes(row.status))
+    return undefined
+  const steps = registry.steps.get(key)
+  if (steps === undefined) return registry.names.has(row.name) ? 'unknown-version' : 'unknown-name'
+  const changed =
+    stepNames !== undefined &&
+    (stepNames.length !== steps.length || stepNames.some((name, i) => name !== steps[i]))
+  return changed ? 'steps-changed' : undefined
 }
 
 /** One entry of an instance's timeline. */
@@ -461,13 +522,16 @@ export function unreadableColumns(
  * `attempt`, `step_index` or `cancel_requested` the worker would refuse, or a version, time or
  * `lease_token` that is not a whole number: see {@link storedNumber}) fails with
  * StoredDataError naming the saga and the column, rather than showing NaN or a wrong flag.
+ * Its definition is checked against its own definition column and, given them, `registry`'s
+ * definitions (see {@link definitionProblem}).
  */
-export function instanceFromRow(row: SagaRow): SagaInstance {
+export function instanceFromRow(row: SagaRow, registry?: DefinitionRegistry): SagaInstance {
   const { input, context, steps } = storedState(row)
+  const version = storedNumber(row, 'version')
   return {
     id: row.id,
     name: row.name,
-    version: storedNumber(row, 'version'),
+    version,
     status: row.status as SagaStatus,
     input,
     context,
@@ -483,6 +547,13 @@ export function instanceFromRow(row: SagaRow): SagaInstance {
     createdAt: storedNumber(row, 'created_at'),
     updatedAt: storedNumber(row, 'updated_at'),
     finishedAt: storedNumber(row, 'finished_at'),
+    definition: typeof row.definition === 'string' ? row.definition : undefined,
+    definitionProblem: definitionProblem(
+      row,
+      version,
+      steps.map((s) => s.name),
+      registry,
+    ),
   }
 }
 
