@@ -190,12 +190,16 @@ export function createAmbassadorHandler(
       idleTimeoutMs: websocket.idleTimeoutMs,
       deadlineAt: inbound.deadlineAt,
     }
-    // Counted as a gateway route counts its tunnels: the service once the handshake reached it.
-    const decided = (outcome: TunnelOutcome): void => {
-      const reached = outcome.error === undefined || outcome.status === 499
-      const counted = reached ? service.name : ''
-      countRequest(ctx, listener.name, AMBASSADOR_ROUTE, counted, outcome.status, inbound.startedAt)
-    }
+    // Counted as a gateway route counts its tunnels, under the service it was sent to.
+    const decided = (outcome: TunnelOutcome): void =>
+      countRequest(
+        ctx,
+        listener.name,
+        AMBASSADOR_ROUTE,
+        service.name,
+        outcome.status,
+        inbound.startedAt,
+      )
     tunnelAndLog(
       ctx,
       listener.name,

@@ -116,6 +116,19 @@ export function createGatewayHandler(
     route: string,
     service: string,
   ): void => countRequest(ctx, listener.name, route, service, outcome.status, inbound.startedAt)
+  // A routed request's access line and count name the same service: the one called, none when
+  // the proxy answered without calling it (a replay, an idempotency refusal, the store down),
+  // so the log never blames a service for an answer it did not give.
+  const settled = (
+    inbound: InboundRequest,
+    outcome: ForwardOutcome,
+    route: string,
+    service: string,
+  ): void => {
+    const details = service === '' ? { route } : { route, service }
+    logAccess(ctx, inbound, outcome, listener.name, details)
+    observe(inbound, outcome, route, service)
+  }
   const idempotency = options.idempotency
   // Builds each route's protocol now, so a bad idempotency setting fails here, not per request.
   for (const route of listener.routes) {
@@ -280,16 +293,14 @@ export function createGatewayHandler(
         error: 'IDEMPOTENCY_STORE_UNAVAILABLE',
         captured: undefined,
       }
-      logAccess(ctx, inbound, failed, listener.name, { route: route.name, service: serviceName })
-      observe(inbound, failed, route.name, called ? serviceName : '')
+      settled(inbound, failed, route.name, called ? serviceName : '')
       return
     }
     // Replays and idempotency problems never reached the service: they are not its traffic.
     if (called) routes.count(route, serviceName)
     if (retryKey !== undefined)
       routes.settle(route, retryKey, serviceName, called && outcome.written)
-    logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
-    observe(inbound, outcome, route.name, called ? serviceName : '')
+    settled(inbound, outcome, route.name, called ? serviceName : '')
 
     const captured = outcome.captured
     if (

@@ -146,9 +146,11 @@ export function createWebSocketHandler(
       socket,
       head,
       (outcome) => {
-        const reached = outcome.error === undefined || outcome.status === 499
-        if (reached) routes.count(route, serviceName)
-        observe(inbound, outcome.status, route.name, reached ? serviceName : '')
+        // The route's own counters take the handshakes that reached the service; the request
+        // metric, as for a forward and as the access line, the service it was sent to, also
+        // when the proxy answered for it (its breaker open, its endpoint refusing).
+        if (outcome.error === undefined || outcome.status === 499) routes.count(route, serviceName)
+        observe(inbound, outcome.status, route.name, serviceName)
       },
     )
   }

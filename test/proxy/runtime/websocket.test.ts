@@ -430,6 +430,15 @@ describe('WebSocket tunnels', () => {
     expect(open.headers['retry-after']).toBe('60')
     expect(JSON.parse(open.body)).toMatchObject({ code: 'BROKEN_CIRCUIT' })
     expect(proxy.services().find((s) => s.name === 'ghost')?.breaker).toBe('open')
+    // Counted under the service the handshake was sent to, as its access line names it and as
+    // a forward the service refuses is counted.
+    const metrics = await proxy.metricsText()
+    expect(metrics).toContain(
+      'breakwater_proxy_route_requests_total{listener="in",route="chat",service="ghost",status="502"} 2',
+    )
+    expect(metrics).toContain(
+      'breakwater_proxy_route_requests_total{listener="in",route="chat",service="ghost",status="503"} 1',
+    )
   })
 
   it('answers 504 when the endpoint accepts but does not answer within readMs (clock-driven)', async () => {
