@@ -33,7 +33,8 @@ export interface IdempotentHandlerOptions {
    */
   readonly scope?: ((req: IncomingMessage) => string | Promise<string>) | undefined
   /**
-   * The route used in the fingerprint.
+   * The route used in the fingerprint. It must return a string at once: anything else (a
+   * promise, undefined) fails the request (500) with `INVALID_OPTION` naming `route`.
    * @default the request target as received (`req.url`: path and query)
    */
   readonly route?: ((req: IncomingMessage) => string) | undefined
@@ -74,6 +75,24 @@ export type IdempotentRequestHandler = (
   res: ServerResponse,
   extras: IdempotentHandlerExtras,
 ) => void | Promise<void>
+
+/**
+ * The `route` option, refusing what it returns unless it is a string: a missing `return` or an
+ * async function was hashed as "undefined" or "[object Promise]", the same for every request,
+ * so a key reused on another route was replayed instead of answered 422. Thrown before the
+ * claim, it fails the request as a bad scope does (500, `onError`).
+ */
+function stringRoute(route: (req: IncomingMessage) => string): (req: IncomingMessage) => string {
+  return (req) => {
+    const target: unknown = route(req)
+    if (typeof target === 'string') return target
+    throw new InvalidOptionError(
+      'route',
+      'a function returning the request target as a string (not a promise)',
+      target,
+    )
+  }
+}
 
 /**
  * Wraps a node:http handler for `http.createServer`: reads the body, validates the key, replays
@@ -123,7 +142,7 @@ export function idempotentHandler(
   const route =
     options.route === undefined
       ? (req: IncomingMessage) => req.url ?? '/'
-      : checkFunction<(req: IncomingMessage) => string>('route', options.route)
+      : stringRoute(checkFunction<(req: IncomingMessage) => string>('route', options.route))
   const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
   const onError =
     options.onError === undefined
