@@ -90,7 +90,9 @@ export interface StartProxyOptions {
   /**
    * Where the proxy logs (access logs too when `accessLog` is on): any object with the
    * {@link Logger} methods (a pino or winston logger behind a small adapter).
-   * @default JSON lines on stdout at level info, each with `component: 'proxy'` (secrets redacted)
+   * @default JSON lines on stdout at level info, each with `component`: `proxy` or the part that
+   * wrote it (`admin`, `shadow`, `idempotency`), secrets redacted; never a process tag under
+   * `service`, which names the upstream service a line is about (docs/proxy.md)
    */
   readonly logger?: Logger | undefined
   /**
