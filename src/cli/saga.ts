@@ -407,7 +407,7 @@ function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): s
       bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
       s.attempt === undefined ? unreadableCell : String(s.attempt),
       s.updatedAt === undefined ? unreadableCell : time(s.updatedAt),
-      truncate(s.reason ?? '', 60),
+      bad(s, 'reason') ? unreadableCell : truncate(s.reason ?? '', 60),
     ]),
   ]
   const notes = sagas.flatMap((s) => [

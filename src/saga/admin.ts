@@ -114,9 +114,11 @@ export interface SagaSummary {
   readonly attempt: number | undefined
   /** When a worker may pick it up next (epoch ms); undefined when it cannot be read. */
   readonly nextRunAt: number | undefined
+  /** The worker holding it; undefined when none does or it cannot be read. */
   readonly leaseOwner: string | undefined
   /** When the lease ends (epoch ms); undefined when none is held or it cannot be read. */
   readonly leaseExpiresAt: number | undefined
+  /** Why it compensates, was parked or cancelled; undefined when none or it cannot be read. */
   readonly reason: string | undefined
   /** When it was started (epoch ms); undefined when it cannot be read (see `unreadable`). */
   readonly createdAt: number | undefined
@@ -126,9 +128,10 @@ export interface SagaSummary {
   readonly finishedAt: number | undefined
   /**
    * The columns of the row that cannot be read (`steps`, `step_index`, `attempt`, `version`,
-   * `next_run_at`, `lease_expires_at`, `created_at`, `updated_at`, `finished_at`: a row
-   * changed outside breakwater, which `getSaga` fails on naming the problem), undefined when
-   * every one can. The fields they give are undefined then.
+   * `next_run_at`, `lease_expires_at`, `created_at`, `updated_at`, `finished_at`, and
+   * `reason` and `lease_owner` when not text: a row changed outside breakwater, which
+   * `getSaga` fails on naming the problem), undefined when every one can. The fields they
+   * give are undefined then.
    */
   readonly unreadable: readonly string[] | undefined
   /**
@@ -196,9 +199,10 @@ export async function listSagas(
         steps === undefined || bad('step_index') ? undefined : steps[Number(row.step_index)]?.name,
       attempt: bad('attempt') ? undefined : Number(row.attempt),
       nextRunAt: read('next_run_at'),
-      leaseOwner: row.lease_owner ?? undefined,
+      // Not text (a blob on SQLite): failed the CLI's listing with a bare TypeError.
+      leaseOwner: bad('lease_owner') ? undefined : (row.lease_owner ?? undefined),
       leaseExpiresAt: read('lease_expires_at'),
-      reason: row.reason ?? undefined,
+      reason: bad('reason') ? undefined : (row.reason ?? undefined),
       createdAt: read('created_at'),
       updatedAt: read('updated_at'),
       finishedAt: read('finished_at'),
@@ -222,7 +226,8 @@ export async function listSagas(
  * not among them, is marked (`definitionProblem`, see {@link SagaDefinitionProblem}). A row changed outside
  * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
  * `cancel_requested` a worker would refuse, a version or time that is not a whole number from
- * 1 or 0, a `lease_token` that is not one from 0) fails with `StoredDataError`
+ * 1 or 0, a `lease_token` that is not one from 0, a `reason` or `lease_owner` that is not
+ * text) fails with `StoredDataError`
  * (`STORED_DATA_INVALID`) naming the saga and the column,
  * never shown as NaN, an Invalid Date or a wrong flag.
  */

@@ -487,15 +487,41 @@ function storedLeaseToken(row: Pick<SagaRow, 'id' | 'lease_token'>): number {
   )
 }
 
+/** The text columns of a row that may be NULL, shown by the admin readers. */
+export type SagaOptionalTextColumn = 'reason' | 'lease_owner'
+
+/**
+ * A row's `reason` or `lease_owner`: text, or undefined for NULL. Anything else (a blob SQLite
+ * keeps in a TEXT column, read as a Buffer) fails with StoredDataError naming the saga and the
+ * column: handed on, it failed `saga list` and `saga show` with a bare TypeError.
+ */
+export function storedText(
+  row: Pick<SagaRow, 'id' | SagaOptionalTextColumn>,
+  column: SagaOptionalTextColumn,
+): string | undefined {
+  const value: unknown = row[column]
+  if (value === null) return undefined
+  if (typeof value === 'string') return value
+  throw new StoredDataError(instancePlace(row, column)(), `is ${describeValue(value)}, not text`)
+}
+
 /**
  * The columns of a listed row that cannot be read (see {@link storedSteps}, `attempt`,
- * `step_index` and the version and times as {@link instanceFromRow} reads them), in that
- * order, or undefined when all can; with the steps when they can be read.
+ * `step_index`, the version and times as {@link instanceFromRow} reads them, and
+ * {@link storedText}), in that order, or undefined when all can; with the steps when they can
+ * be read.
  */
 export function unreadableColumns(
   row: Pick<
     SagaRow,
-    'id' | 'status' | 'steps' | 'step_index' | 'attempt' | SagaNumberColumn | SagaOptionalTimeColumn
+    | 'id'
+    | 'status'
+    | 'steps'
+    | 'step_index'
+    | 'attempt'
+    | SagaNumberColumn
+    | SagaOptionalTimeColumn
+    | SagaOptionalTextColumn
   >,
 ): { unreadable: string[] | undefined; steps: StepState[] | undefined } {
   const unreadable: string[] = []
@@ -514,6 +540,8 @@ export function unreadableColumns(
     readable(() => storedIndex(row, steps!.length), 'step_index')
   readable(() => storedAttempt(row), 'attempt')
   for (const column of numberColumns) readable(() => storedNumber(row, column as never), column)
+  for (const column of ['reason', 'lease_owner'] as const)
+    readable(() => storedText(row, column), column)
   return { unreadable: unreadable.length === 0 ? undefined : unreadable, steps }
 }
 
@@ -539,11 +567,11 @@ export function instanceFromRow(row: SagaRow, registry?: DefinitionRegistry): Sa
     stepIndex: storedIndex(row, steps.length),
     attempt: storedAttempt(row),
     nextRunAt: storedNumber(row, 'next_run_at'),
-    leaseOwner: row.lease_owner ?? undefined,
+    leaseOwner: storedText(row, 'lease_owner'),
     leaseExpiresAt: storedNumber(row, 'lease_expires_at'),
     leaseToken: storedLeaseToken(row),
     cancelRequested: storedCancelRequested(row),
-    reason: row.reason ?? undefined,
+    reason: storedText(row, 'reason'),
     createdAt: storedNumber(row, 'created_at'),
     updatedAt: storedNumber(row, 'updated_at'),
     finishedAt: storedNumber(row, 'finished_at'),

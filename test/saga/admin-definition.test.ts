@@ -9,7 +9,6 @@
 import { randomUUID } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { sagaCommand } from '../../src/cli/saga.js'
 import {
   createSagaWorker,
   defineSaga,
@@ -22,6 +21,7 @@ import { ManualClock } from '../../src/testing/index.js'
 import { greeting } from '../fixtures/saga/cli-sagas.js'
 import { optionRefusal } from '../support/unknown-option.js'
 import { dbTargets, sqliteDb, type TestDb } from './databases.js'
+import { runSagaCommand } from './saga-command.js'
 
 const sagasModule = fileURLToPath(new URL('../fixtures/saga/cli-sagas.ts', import.meta.url))
 
@@ -137,15 +137,7 @@ describe('`breakwater saga list|show` on an instance definition in question, on 
     await t?.close()
   })
 
-  async function run(args: string[]) {
-    let out = ''
-    let err = ''
-    const code = await sagaCommand([...args, '--db', t.url], {
-      stdout: { write: (text: string) => (out += text) },
-      stderr: { write: (text: string) => (err += text) },
-    })
-    return { code, out, err }
-  }
+  const run = (args: string[]) => runSagaCommand(t, args)
 
   it('marks the row, says why under the table and in show, and checks --module definitions', async () => {
     const edited = (await startSaga(t.db, greeting, { name: 'a' }, { clock })).id

@@ -21,17 +21,7 @@ import {
 import { StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, sqliteDb, type TestDb } from './databases.js'
-
-// `breakwater saga <args> --db <t>`, with what it printed.
-async function runSagaCommand(t: TestDb, args: string[]) {
-  let out = ''
-  let err = ''
-  const code = await sagaCommand([...args, '--db', t.url], {
-    stdout: { write: (text: string) => (out += text) },
-    stderr: { write: (text: string) => (err += text) },
-  })
-  return { code, out, err }
-}
+import { runSagaCommand } from './saga-command.js'
 
 // Starts two instances of `saga` and sets `column` of the second to `bad`: getSaga and
 // `saga show` (table and --json) fail naming the column with `said`.
