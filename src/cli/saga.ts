@@ -354,8 +354,10 @@ function truncate(text: string, max: number): string {
 
 const escapes: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
 
-// Stored text (a reason, an error message, an operator's name) is printed inside a table row
-// or a timeline line: a line break in it broke the layout, its rest read as rows of their own.
+// Stored text (a reason, an error message, an operator's name, the id, the saga's name, the
+// lease owner, the input and context as JSON) is printed inside a table row or on a field's
+// line: a line break in it broke the layout, its rest read as rows or fields of their own (a
+// worker id may hold one).
 // Control characters and line separators are shown escaped (\n, \r, \t, \u001b).
 function oneLine(text: string): string {
   return text.replace(
@@ -375,7 +377,7 @@ function definitionNote(
   saga: Pick<SagaSummary, 'name' | 'version' | 'definition' | 'definitionProblem'>,
   definitions: Definitions | undefined,
 ): string {
-  const name = saga.name
+  const name = oneLine(saga.name)
   const stored = `${name}@${saga.version ?? unreadableCell}`
   const problem: SagaDefinitionProblem = saga.definitionProblem!
   switch (problem) {
@@ -401,8 +403,8 @@ function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): s
   const rows = [
     ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
     ...sagas.map((s) => [
-      s.id,
-      `${s.name}@${s.version ?? unreadableCell}${s.definitionProblem === undefined ? '' : ` (${s.definitionProblem})`}`,
+      oneLine(s.id),
+      `${oneLine(s.name)}@${s.version ?? unreadableCell}${s.definitionProblem === undefined ? '' : ` (${s.definitionProblem})`}`,
       s.status,
       bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
       s.attempt === undefined ? unreadableCell : String(s.attempt),
@@ -414,11 +416,11 @@ function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): s
     ...(s.unreadable === undefined
       ? []
       : [
-          `saga ${s.id}: ${s.unreadable.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${s.id} says why\n`,
+          `saga ${oneLine(s.id)}: ${s.unreadable.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${oneLine(s.id)} says why\n`,
         ]),
     ...(s.definitionProblem === undefined
       ? []
-      : [`saga ${s.id}: ${definitionNote(s, definitions)}\n`]),
+      : [`saga ${oneLine(s.id)}: ${definitionNote(s, definitions)}\n`]),
   ])
   return `${table(rows)}\n${notes.length === 0 ? '' : `\n${notes.join('')}`}`
 }
@@ -429,8 +431,8 @@ function formatShow(
   definitions?: Definitions,
 ): string {
   const lines = [
-    `saga      ${saga.id}`,
-    `name      ${saga.name}@${saga.version}`,
+    `saga      ${oneLine(saga.id)}`,
+    `name      ${oneLine(saga.name)}@${saga.version}`,
     `status    ${saga.status}${saga.cancelRequested && saga.status !== 'cancelled' ? ' (cancel requested)' : ''}`,
   ]
   if (saga.definitionProblem !== undefined)
@@ -447,10 +449,14 @@ function formatShow(
     lines.push(
       saga.leaseOwner === undefined
         ? `next run  ${time(saga.nextRunAt)}`
-        : `lease     ${saga.leaseOwner} until ${time(saga.leaseExpiresAt)} (token ${saga.leaseToken})`,
+        : `lease     ${oneLine(saga.leaseOwner)} until ${time(saga.leaseExpiresAt)} (token ${saga.leaseToken})`,
     )
   }
-  lines.push(`input     ${JSON.stringify(saga.input)}`, `context   ${JSON.stringify(saga.context)}`)
+  // JSON escapes line breaks but leaves U+2028, U+2029 and C1 controls (U+009B, a CSI) as they are.
+  lines.push(
+    `input     ${oneLine(JSON.stringify(saga.input))}`,
+    `context   ${oneLine(JSON.stringify(saga.context))}`,
+  )
   lines.push('', 'steps')
   const stepRows = [
     ['#', 'STEP', 'STATUS', 'ATTEMPTS', 'COMPENSATION', 'LAST ERROR'],
