@@ -117,6 +117,8 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       process.exit(130)
     }
   }
+  // Before the first await: the CLI hands the signals it held while loading over to these in
+  // the turn it calls this function (src/cli/demo.ts).
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
   try {

@@ -10,8 +10,10 @@ import {
   runPoliciesDemo,
 } from '../demo/policies/index.js'
 import { redactSecrets } from '../observability/index.js'
+import type { SignalTarget } from '../process/index.js'
 // The parser alone: the drivers load only when a database is opened.
 import { parseDatabaseUrl } from '../stores/open.js'
+import { type HeldSignals, holdSignals } from './held-signals.js'
 import { wantsHelp } from './usage.js'
 
 /** The defaults of a plain `npm start`: 45 s of load at 5 orders/s with the default chaos. */
@@ -326,27 +328,42 @@ const connectTimeoutMs = 10_000
  * the one line that says which and why, instead of nine services failing each in its own way.
  * The broker is only connected to (a TCP connect): the shop's services speak its protocol.
  */
-async function checkConnections(options: ShopOptions): Promise<string | undefined> {
+async function checkConnections(
+  options: ShopOptions,
+  stop: AbortSignal,
+): Promise<string | undefined> {
   if (options.db !== undefined) {
     const { openDatabase } = await import('../stores/index.js')
     try {
       const db = await openDatabase(options.db, {
         postgres: { maxConnections: 1, connectionTimeoutMs: connectTimeoutMs },
       })
+      // Stopped meanwhile: close() refuses the statement waiting for its connection and drops
+      // the connect, rather than wait up to connectTimeoutMs for a server that does not answer.
+      const abandon = (): void => void db.close().catch(() => {})
+      stop.addEventListener('abort', abandon, { once: true })
       try {
-        await db.execute('SELECT 1')
+        if (!stop.aborted) await db.execute('SELECT 1')
       } finally {
+        stop.removeEventListener('abort', abandon)
         await db.close().catch(() => {})
       }
     } catch (error) {
+      if (stop.aborted) return undefined
       return `cannot open --db ${redactSecrets(options.db)}: ${messageOf(error)}`
     }
   }
-  if (options.broker !== undefined) {
+  if (options.broker !== undefined && !stop.aborted) {
     const url = options.broker
     const address = brokerAddress(url)!
     const reached = await new Promise<string | undefined>((done) => {
       const socket = connect(address)
+      const abandon = (): void => {
+        socket.destroy()
+        done(undefined)
+      }
+      stop.addEventListener('abort', abandon, { once: true })
+      socket.once('close', () => stop.removeEventListener('abort', abandon))
       socket.setTimeout(connectTimeoutMs, () =>
         socket.destroy(
           new Error(
@@ -369,15 +386,36 @@ async function checkConnections(options: ShopOptions): Promise<string | undefine
 export interface DemoCommandDeps {
   /** Loads the shop demo's runner (default: dist/examples/shop/main.js). */
   readonly loadShop?: () => Promise<ShopRun>
+  /**
+   * SIGTERM and SIGINT as held since before this module loaded (main.ts holds them from before
+   * its import). @default held from the call on, on `signals`
+   */
+  readonly held?: HeldSignals
+  /** Where SIGTERM and SIGINT are held from when `held` is not given. @default process */
+  readonly signals?: SignalTarget
 }
 
 /**
  * `breakwater demo [shop] [options]` runs the shop and resolves to 0 when every invariant held,
  * 1 when one broke, or when the shop could not start or --json could not be written;
  * `breakwater demo policies [--only <scenarios>]` plays the policy scenarios (0 when the run
- * completes). 2 for bad arguments.
+ * completes). 2 for bad arguments. SIGTERM or SIGINT before the shop starts (while its modules
+ * load, or --db and --broker are checked) ends the demo there, 0, with nothing started; once
+ * the shop runs they are its own (see examples/shop/main.ts). The policy scenarios leave them
+ * their default action.
  */
 export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): Promise<number> {
+  const held = deps.held ?? holdSignals(deps.signals)
+  try {
+    return await runDemo(args, deps, held)
+  } finally {
+    // What is still held is let go: after --help or a bad argument, which end here anyway, or
+    // after the policy scenarios, which are over.
+    held.handOver()
+  }
+}
+
+async function runDemo(args: string[], deps: DemoCommandDeps, held: HeldSignals): Promise<number> {
   const parsed = parse(args)
   if (typeof parsed === 'string') {
     // Redacted here for both parsers: a message quotes the argument at fault, which may be a
@@ -395,6 +433,8 @@ export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): P
     return 1
   }
   if (parsed.demo === 'policies') {
+    // No graceful stop of their own: a signal ends the scenarios by its default action.
+    held.release()
     try {
       await runPoliciesDemo({ only: parsed.only, write })
     } catch (error) {
@@ -402,20 +442,41 @@ export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): P
     }
     return 0
   }
+  // From here a signal held is the shop's graceful stop, also when the start fails.
+  return runShop(parsed.options, deps, held, write, fail)
+}
+
+async function runShop(
+  parsedOptions: ShopOptions,
+  deps: DemoCommandDeps,
+  held: HeldSignals,
+  write: (line: string) => void,
+  fail: (message: string) => number,
+): Promise<number> {
   let runShopDemo: ShopRun
   try {
     runShopDemo = await (deps.loadShop ?? loadShop)()
   } catch (error) {
     return fail(`the shop is not built (${messageOf(error)}); run \`npm run build\` first`)
   }
-  const unreachable = await checkConnections(parsed.options)
+  const stopped = (): number => {
+    write(`stopped by ${String(held.signal.reason)} before the shop started; nothing was started`)
+    return 0
+  }
+  if (held.signal.aborted) return stopped()
+  const unreachable = await checkConnections(parsedOptions, held.signal)
+  if (held.signal.aborted) return stopped()
   if (unreachable !== undefined) return fail(unreachable)
   // The shop gets no `json`: the summary is written here, so a failed write is reported
   // without losing it.
-  const { json, ...options } = parsed.options
+  const { json, ...options } = parsedOptions
   let result: { ok: boolean }
   try {
-    result = await runShopDemo({ ...options, write })
+    // runShopDemo installs its SIGTERM and SIGINT handlers as it is called, before its first
+    // await: handed over in the same turn, no signal falls between the two.
+    const running = runShopDemo({ ...options, write })
+    held.handOver()
+    result = await running
   } catch (error) {
     // A service's own output (its stderr) has been shown already, as the shop reports it.
     return fail(`the shop failed: ${messageOf(error)}`)

@@ -7,7 +7,8 @@
 import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.
 import { redactSecrets } from '../observability/redact.js'
-import { StartupError } from './process-support.js'
+import { holdSignals } from './held-signals.js'
+import { StartupError } from './startup-error.js'
 import { packageVersion, wantsHelp } from './usage.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
@@ -16,7 +17,18 @@ type Command = (args: string[]) => Promise<number>
 const commands: Record<string, { summary: string; load: () => Promise<Command> }> = {
   demo: {
     summary: 'run the demo (`demo policies`: the resilience-policy scenarios)',
-    load: async () => (await import('./demo.js')).demoCommand,
+    load: async () => {
+      // Held before the demo's modules load (a second or more on a busy machine): a SIGTERM
+      // then ended `npm start` with 143 by its default action, skipping the graceful stop.
+      const held = holdSignals()
+      try {
+        const { demoCommand } = await import('./demo.js')
+        return (args) => demoCommand(args, { held })
+      } catch (error) {
+        held.release()
+        throw error
+      }
+    },
   },
   migrate: {
     summary: 'apply database migrations: migrate --db <url>',
@@ -76,7 +88,7 @@ const exitCodes = `exit codes:
        start: \`proxy --check\` exits 1 listing its faults)
   141  the reader of the output went away (\`breakwater saga list | head -1\`)
   143  stopped by SIGTERM (130: SIGINT) before it finished, as shells show a signal's
-       end; the relay, saga worker, proxy and demo drain on either and exit as above
+       end; the relay, saga worker, proxy and shop demo drain on either and exit as above
 `
 
 function usage(): string {

@@ -10,14 +10,14 @@ import {
 import { sqliteUrlDefect } from '../stores/open.js'
 import { postgresUrlDefect, unparsablePostgresUrl } from '../stores/postgres.js'
 import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
+import { StartupError } from './startup-error.js'
 import { addSwitch, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
 // integer flags, reading optional environment variables, failing at start with a message an
 // operator can act on. Every command that takes `--db` reads it with `databaseUrl`.
 
-/** A failure while a process starts (exit 1, the message printed as is). */
-export class StartupError extends Error {}
+export { StartupError }
 
 /** Parses an integer flag within [min, max]; undefined when the flag was not given. */
 export function integerFlag(
