@@ -2,6 +2,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import {
   cancelSaga,
+  type ErrorInfo,
   getSaga,
   getSagaTimeline,
   listSagas,
@@ -467,13 +468,8 @@ function formatShow(
       String(s.attempts),
       s.compensationAttempts === undefined
         ? '-'
-        : `${s.status === 'compensated' ? 'done' : 'pending'} (${counted(s.compensationAttempts, 'attempt')})`,
-      truncate(
-        (s.compensationError ?? s.error) === undefined
-          ? ''
-          : `${(s.compensationError ?? s.error)!.name}: ${(s.compensationError ?? s.error)!.message}`,
-        70,
-      ),
+        : `${s.status === 'compensated' ? 'done' : 'pending'} (${isCount(s.compensationAttempts) ? counted(s.compensationAttempts, 'attempt') : 'unreadable attempts'})`,
+      truncate(errorCell(s.compensationError ?? s.error), 70),
     ]),
   ]
   lines.push(
@@ -487,6 +483,22 @@ function formatShow(
   for (const entry of timeline) lines.push(`  ${formatEntry(entry)}`)
   // The reason, errors, input and context are stored text: none may show a password.
   return `${redactSecrets(lines.join('\n'))}\n`
+}
+
+// A step's compensation count and its errors' name and message are only shown (getSaga checks
+// what a worker acts on), so they come as stored: a row changed outside breakwater showed
+// `done (many attempts)` or `undefined: undefined`, as if a step had thrown an error of that
+// name. Shown as unreadable instead; --json gives them as stored.
+function isCount(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0
+}
+
+function errorCell(error: ErrorInfo | undefined): string {
+  if (error === undefined) return ''
+  const { name, message } = error as { name?: unknown; message?: unknown }
+  return typeof name === 'string' && typeof message === 'string'
+    ? `${name}: ${message}`
+    : '(unreadable error)'
 }
 
 function formatEntry(entry: SagaTimelineEntry): string {
