@@ -44,14 +44,16 @@ import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './typ
  * turns a command and that state into new events (or throws a domain error). Both functions
  * must be pure: a command is decided again from fresh state after a version conflict.
  * `initialState` and `evolve` are synchronous (a promise they return fails the command with
- * `InvalidOptionError`); `decide` may be async.
+ * `InvalidOptionError`); `decide` may be async. Typed by a union of events (`E`, see `Event`),
+ * `decide` must return members of it (a wrong payload does not compile) and `evolve`'s
+ * `switch (event.type)` narrows `event.data`.
  *
  * @example
  * ```ts
  * type Cart = { items: number; checkedOut: boolean }
  * type CartEvent =
- *   | { type: 'item-added'; data: { sku: string } }
- *   | { type: 'checked-out'; data: Record<string, never> }
+ *   | Event<'item-added', { sku: string }>
+ *   | Event<'checked-out', Record<string, never>>
  * const cart: Decider<{ kind: 'add'; sku: string } | { kind: 'checkout' }, CartEvent, Cart> = {
  *   initialState: () => ({ items: 0, checkedOut: false }),
  *   evolve: (s, e) => (e.type === 'item-added' ? { ...s, items: s.items + 1 } : { ...s, checkedOut: true }),

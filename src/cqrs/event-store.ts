@@ -135,8 +135,16 @@ export const txOptions = optionKeys<{ readonly tx?: SqlExecutor }>({ tx: true })
  * An event-sourced log over a breakwater SQL driver (SQLite or PostgreSQL): streams with
  * optimistic concurrency, a gap-safe global order, subscriptions and snapshots. Run
  * {@link migrateCqrs} once first.
+ *
+ * `E` is the union of the events the application stores (see `Event`): appends must be
+ * members of it, and reads, subscriptions and results are typed by it, so `switch
+ * (event.type)` narrows `event.data`. Each of those methods also takes a narrower union of its
+ * own (`readStream<CartEvent>('cart-1')`). The default, {@link EventShape}, leaves `data`
+ * `unknown`. The type is the application's word, not a check: a read hands back what the log
+ * holds (after upcasting), whatever `E` says, so keep `E` in step with the upcasters and with
+ * every writer of the log.
  */
-export interface EventStore {
+export interface EventStore<E extends EventShape = EventShape> {
   /** The database the store lives in. */
   readonly db: SqlDriver
   /** Its dialect. */
@@ -144,24 +152,30 @@ export interface EventStore {
   /**
    * Appends events to a stream, atomically, checking `expectedVersion` first. On PostgreSQL a
    * standalone append is one statement (one round trip, one transaction).
+   *
+   * On a typed store the events are checked against `E` (or the narrower `F` given), as object
+   * literals are: a wrong or missing field of `data`, an extra one, or a type outside the union
+   * is a compile error. On an untyped store `F` is inferred from the events, as before.
    * @throws WrongExpectedVersionError when the stream is not in the expected state
    */
-  append<E extends EventShape>(
+  append<F extends E = E>(
     stream: string,
-    events: readonly NewEvent<E>[],
+    // Typed, F is not inferred from the events (it would take the literals' own types, extra
+    // fields and all, and check nothing): they are checked against it.
+    events: readonly NewEvent<EventShape extends E ? F : NoInfer<F>>[],
     options?: AppendOptions,
-  ): Promise<AppendResult<E>>
+  ): Promise<AppendResult<F>>
   /** Reads a stream's events (forwards or backwards from a version) and its current version. */
-  readStream<E extends EventShape = EventShape>(
+  readStream<F extends E = E>(
     stream: string,
     options?: ReadStreamOptions,
-  ): Promise<ReadStreamResult<E>>
+  ): Promise<ReadStreamResult<F>>
   /**
    * Reads the log in global position order from `fromPosition` (inclusive). Never returns an
    * event while an event at a smaller position may still commit: a reader that continues from
    * the last position it got never skips one (see `docs/cqrs.md`).
    */
-  readAll<E extends EventShape = EventShape>(options?: ReadAllOptions): Promise<RecordedEvent<E>[]>
+  readAll<F extends E = E>(options?: ReadAllOptions): Promise<RecordedEvent<F>[]>
   /** The largest position `readAll` can return now (0 for an empty log). */
   headPosition(options?: { readonly tx?: SqlExecutor | undefined }): Promise<number>
   /** A stream's version, flags and metadata. */
@@ -189,8 +203,8 @@ export interface EventStore {
    * async context, not the caller's: a deadline (`withDeadline`) or an open transaction around
    * `subscribe()` does not reach the handler.
    */
-  subscribe<E extends EventShape = EventShape>(
-    handler: (event: RecordedEvent<E>) => Promise<void> | void,
+  subscribe<F extends E = E>(
+    handler: (event: RecordedEvent<F>) => Promise<void> | void,
     options?: SubscriptionOptions,
   ): Subscription
 }
@@ -1220,8 +1234,22 @@ function streamInfoOf(stream: string, row: StreamRow | undefined): StreamInfo {
  * })
  * const { events, version } = await store.readStream('order-1')
  * ```
+ *
+ * Typed by the application's events (`E`, see {@link EventStore}), appends are checked and
+ * reads narrow:
+ *
+ * ```ts
+ * type OrderEvent =
+ *   | Event<'order-placed', { total: number }>
+ *   | Event<'order-cancelled', { reason: string }>
+ * const orders = createEventStore<OrderEvent>(db)
+ * await orders.append('order-1', [{ type: 'order-placed', data: { total: '42' } }]) // compile error
+ * ```
  */
-export function createEventStore(db: SqlDriver, options: EventStoreOptions = {}): EventStore {
+export function createEventStore<E extends EventShape = EventShape>(
+  db: SqlDriver,
+  options: EventStoreOptions = {},
+): EventStore<E> {
   return new EventStoreImpl(db, options)
 }
 

@@ -58,6 +58,7 @@ export type { Subscription, SubscriptionOptions } from './subscription.js'
 export type {
   AppendOptions,
   AppendResult,
+  Event,
   EventEnvelope,
   EventShape,
   ExpectedVersion,

@@ -81,11 +81,16 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
   /**
    * The event types it reads; others are skipped (but still advance its checkpoint) and a
    * projector does not upcast them, so an upcaster failing on them does not stop it. Without
-   * it the projection is a catch-all: every event is upcast and handed to `apply`.
+   * it the projection is a catch-all: every event is upcast and handed to `apply`. With a typed
+   * projection (`defineProjection<OrderEvent>`) only the types of `E` compile.
    * @default every type
    */
-  readonly eventTypes?: readonly string[] | undefined
-  /** Applies one event to the read model. */
+  readonly eventTypes?: readonly E['type'][] | undefined
+  /**
+   * Applies one event to the read model. Typed by `E`, `switch (event.type)` narrows
+   * `event.data`; like a store's type parameter it is not checked against the log (a catch-all
+   * projection is handed every event the log holds).
+   */
   apply(event: RecordedEvent<E>, context: ProjectionContext): Promise<void> | void
 }
 

@@ -1,11 +1,41 @@
 import type { SqlExecutor } from '../stores/index.js'
 
-/** The domain part of an event: its type and its JSON-serializable data. */
+/**
+ * The domain part of an event: its type and its JSON-serializable data. It is what every event
+ * type of the cqrs API must extend, and the default of their type parameters: left out, an
+ * event's `data` is `unknown`. Give a union of {@link Event}s instead to have appends checked
+ * and reads narrowed by `type`.
+ */
 export interface EventShape {
   /** The event's type, e.g. `order-placed`. */
   readonly type: string
   /** The body; stored as JSON text. */
   readonly data: unknown
+}
+
+/**
+ * One kind of event: a `type` tag and the `data` it carries. A union of these is an event type
+ * the cqrs API narrows on: `switch (event.type)` gives each case its own `data`. The defaults
+ * are {@link EventShape}'s untyped form. `Data` is what the application writes and reads back
+ * as JSON: a `Date` in it reads back as a string, so declare the form JSON gives back.
+ *
+ * @example
+ * ```ts
+ * type CartEvent =
+ *   | Event<'item-added', { sku: string; quantity: number }>
+ *   | Event<'checked-out', { at: number }>
+ * const store = createEventStore<CartEvent>(db)
+ * const { events } = await store.readStream('cart-42')
+ * for (const event of events) {
+ *   if (event.type === 'item-added') console.log(event.data.sku) // data: { sku; quantity }
+ * }
+ * ```
+ */
+export type Event<Type extends string = string, Data = unknown> = {
+  /** The event's type, e.g. `order-placed`. */
+  readonly type: Type
+  /** The body; stored as JSON text. */
+  readonly data: Data
 }
 
 /** Extra fields of an event to append, besides its type and data. */
