@@ -1,7 +1,7 @@
 // The new orders service's model: its events (the event store is the write side), the
 // order-history read model built from them, the integration events it publishes through the
 // outbox, and the order saga that the saga workers run.
-import { createEventStore, defineProjection, type EventStore } from 'breakwater/cqrs'
+import { createEventStore, defineProjection, type Event, type EventStore } from 'breakwater/cqrs'
 import type { HttpClient } from 'breakwater/http'
 import { createOutbox, type Outbox } from 'breakwater/outbox'
 import { defineSaga } from 'breakwater/saga'
@@ -9,17 +9,15 @@ import type { SqlDriver, SqlExecutor } from 'breakwater/stores'
 import { worthRetrying } from '../lib/outbound.js'
 import type { OrderLine, PlaceOrder } from './catalog.js'
 
-/** The events of one order's stream (`order-<id>`). */
+/**
+ * The events of one order's stream (`order-<id>`). The store, the projection and
+ * `recordOrderEvent` are typed by this union: an append with a wrong payload does not compile,
+ * and `event.type` narrows `event.data` wherever events are read.
+ */
 export type OrderEvent =
-  | { readonly type: 'order-placed'; readonly data: PlaceOrder & { readonly placedAt: number } }
-  | {
-      readonly type: 'order-confirmed'
-      readonly data: { readonly orderId: string; readonly chargeId: string }
-    }
-  | {
-      readonly type: 'order-cancelled'
-      readonly data: { readonly orderId: string; readonly reason: string }
-    }
+  | Event<'order-placed', PlaceOrder & { readonly placedAt: number }>
+  | Event<'order-confirmed', { readonly orderId: string; readonly chargeId: string }>
+  | Event<'order-cancelled', { readonly orderId: string; readonly reason: string }>
 
 /** The order-history read model: one row per order, kept by an asynchronous projector. */
 export const orderHistory = defineProjection<OrderEvent>({
@@ -53,9 +51,9 @@ export const orderHistory = defineProjection<OrderEvent>({
   },
 })
 
-/** The event store of the orders service. */
-export function openOrderStore(db: SqlDriver): EventStore {
-  return createEventStore(db)
+/** The event store of the orders service, typed by its events. */
+export function openOrderStore(db: SqlDriver): EventStore<OrderEvent> {
+  return createEventStore<OrderEvent>(db)
 }
 
 /** The outbox of the orders service (the relay publishes what it holds). */
@@ -70,7 +68,7 @@ export function ordersOutbox(topic: string): Outbox {
  */
 export async function recordOrderEvent(
   tx: SqlExecutor,
-  deps: { readonly store: EventStore; readonly outbox: Outbox },
+  deps: { readonly store: EventStore<OrderEvent>; readonly outbox: Outbox },
   event: OrderEvent,
 ): Promise<number> {
   const orderId = event.data.orderId
@@ -92,7 +90,7 @@ export async function recordOrderEvent(
 /** What the order saga's steps need: the outbound client, the event store and the outbox. */
 export interface OrderSagaDeps {
   readonly client: HttpClient
-  readonly store: EventStore
+  readonly store: EventStore<OrderEvent>
   readonly outbox: Outbox
 }
 
