@@ -325,6 +325,8 @@ class ProxyRuntime implements ProxyInternals {
   #fileText: string | undefined
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
+  /** Set when a start failed: its close is no shutdown to log (nothing served, nothing drains). */
+  #startFailed = false
   #pinListener: ((pin: SharedRetryPin) => void) | undefined
   #listenersChanged: (() => void) | undefined
   #switchesLoggedAtDebug = false
@@ -446,8 +448,10 @@ class ProxyRuntime implements ProxyInternals {
           })
       }
     } catch (error) {
-      if (loaded) await this.close(0)
-      else {
+      if (loaded) {
+        this.#startFailed = true
+        await this.close(0)
+      } else {
         // The file did not load: nothing started, so there is nothing to drain or to log; the
         // watch stops, and a reload it asked for meanwhile finds the proxy closed.
         this.#closed ??= Promise.resolve({ drain: 'complete', cut: 0, tunnels: 0 })
@@ -615,7 +619,8 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   beginDrain(): void {
-    if (!this.#draining) this.#deps.logger.info('draining: readiness is now false')
+    if (!this.#draining && !this.#startFailed)
+      this.#deps.logger.info('draining: readiness is now false')
     this.#draining = true
   }
 
@@ -1225,6 +1230,9 @@ class ProxyRuntime implements ProxyInternals {
       return report
     }
     const report: ProxyDrainReport = { drain: 'complete', cut: 0, tunnels }
+    // A failed start has no stop to report (the warning above still tells of requests cut on a
+    // listener that served while another failed to bind).
+    if (this.#startFailed) return report
     this.#deps.logger.info('proxy stopped', {
       drain: 'complete',
       ...(tunnels > 0 ? { tunnels } : {}),

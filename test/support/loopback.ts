@@ -35,3 +35,14 @@ export async function freeLoopbackPort(): Promise<number> {
     return port
   }
 }
+
+/** Runs `use` with a loopback port another server holds (a port in use), then frees it. */
+export async function withTakenPort(use: (port: number) => Promise<void>): Promise<void> {
+  const taken = createServer()
+  const port = await listenOnLoopback(taken)
+  try {
+    await use(port)
+  } finally {
+    await new Promise((resolve) => taken.close(resolve))
+  }
+}
