@@ -1,13 +1,12 @@
 import { EventEmitter } from 'node:events'
 import { mkdtempSync, writeFileSync } from 'node:fs'
-import { createServer as createNetServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { proxyCommand } from '../../../src/cli/proxy.js'
 import type { SignalTarget } from '../../../src/process/index.js'
 import { runCli, spawnCli } from '../../process/cli-process.js'
-import { listenOnLoopback } from '../../support/loopback.js'
+import { withTakenPort } from '../../support/loopback.js'
 import { createTestCerts } from '../support/certs.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
@@ -20,17 +19,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await upstream.close()
 })
-
-/** Runs `use` with a loopback port that another socket holds. */
-async function withTakenPort(use: (port: number) => Promise<void>): Promise<void> {
-  const taken = createNetServer()
-  const port = await listenOnLoopback(taken)
-  try {
-    await use(port)
-  } finally {
-    await new Promise((resolve) => taken.close(resolve))
-  }
-}
 
 function write(name: string, text: string): string {
   const file = join(dir, name)

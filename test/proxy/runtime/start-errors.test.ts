@@ -3,14 +3,13 @@
 // or a store that does not open without matching message text.
 
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../../src/core/errors.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ProxyStartError, startProxy } from '../../../src/proxy/index.js'
-import { listenOnLoopback } from '../../support/loopback.js'
+import { withTakenPort } from '../../support/loopback.js'
 import { type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 const quiet = createJsonLogger({ level: 'silent' })
@@ -25,16 +24,6 @@ afterAll(async () => {
   await upstream.close()
   rmSync(dir, { recursive: true, force: true })
 })
-
-async function withTakenPort(use: (port: number) => Promise<void>): Promise<void> {
-  const taken = createServer()
-  const port = await listenOnLoopback(taken)
-  try {
-    await use(port)
-  } finally {
-    await new Promise((resolve) => taken.close(resolve))
-  }
-}
 
 /** The error startProxy rejects with (and the proxy it started, closed, if it did not). */
 async function startError(yaml: string, env: Record<string, string> = {}): Promise<unknown> {
