@@ -18,6 +18,8 @@
 //   (parked_behind = the event they wait for), which the next reads skip, and unparked when that
 //   event is published, so the events queued behind a dead one are walked once, not at every
 //   read (see sql.ts, Parking). Parking only saves work: order rests on the read's own check.
+//   Rows waiting for their own retry are not parked; the read takes the due ones from an
+//   index ordered by retry time, so it does not step over the others either (sql.ts, readBatch).
 //   On PostgreSQL a row is read only when its writing transaction is older than every running
 //   one (xid below the snapshot's xmin), so a row that commits late is neither overtaken by a
 //   later row of its aggregate nor skipped. SQLite serializes writers, so ids commit in order.
@@ -1755,7 +1757,8 @@ function storedHeaders(row: OutboxRow): Record<string, string> {
  * the event they wait for is published (or, for one that stopped holding them back some other
  * way, by a sweep the relay runs every minute of its clock). Every read still checks each event
  * it takes against the dead, retrying and parked events before it: parking saves work, the
- * order never rests on it.
+ * order never rests on it. Events waiting for their own retry are read from an index ordered
+ * by retry time (outbox migration 5), so reads do not step over those not yet due.
  *
  * A started relay keeps the Node.js process alive until `stop()`, like a listening server
  * (`keepAlive: false` turns that off).

@@ -35,6 +35,19 @@ const last = OUTBOX_PARTITIONS - 1
 const blocking = (h: string): string =>
   `${h}.published_at IS NULL AND (${h}.dead_at IS NOT NULL OR ${h}.retry_at IS NOT NULL OR ${h}.parked_behind IS NOT NULL)`
 
+// The pending rows the read may take: not published, not dead, not parked (`o.` the row's
+// alias, or '' in an index's WHERE).
+const readable = (o: string): string =>
+  `${o}published_at IS NULL AND ${o}dead_at IS NULL AND ${o}parked_behind IS NULL`
+
+// Migration 5, the same on both databases (see readBatch). IF NOT EXISTS: on a large
+// PostgreSQL table an operator may build them beforehand with CREATE INDEX CONCURRENTLY, which
+// does not hold writes up (docs/outbox.md), and the migration then finds them.
+const readIndexes = [
+  `CREATE INDEX IF NOT EXISTS ${outboxTable}_ready ON ${outboxTable} (id) WHERE ${readable('')} AND retry_at IS NULL`,
+  `CREATE INDEX IF NOT EXISTS ${outboxTable}_retry_due ON ${outboxTable} (retry_at, id) WHERE ${readable('')} AND retry_at IS NOT NULL`,
+]
+
 /**
  * The numbered migrations of the `outbox` capability. Run them with `migrateOutbox(db)` (or
  * the stores' `runMigrations(db, 'outbox', outboxMigrations)`).
@@ -209,6 +222,21 @@ END`,
       `CREATE INDEX ${outboxTable}_parked ON ${outboxTable} (parked_behind) WHERE parked_behind IS NOT NULL`,
       `CREATE INDEX ${outboxTable}_blocking ON ${outboxTable} (aggregate_id, id) WHERE ${blocking(outboxTable)}`,
     ],
+  },
+  {
+    // The read's two indexes (see readBatch): _ready holds the pending unparked rows with no
+    // retry time, in id order; _retry_due the pending unparked rows waiting for a retry, by
+    // their retry time. The read takes the first n of each (the due ones from a range of
+    // _retry_due), so the rows still waiting are never looked at: _unparked holds them, and a
+    // read walking it stepped over every one of them at every read. _unparked stays: a relay
+    // of the previous release names it in its read on SQLite (INDEXED BY). Indexes only, built
+    // in the migration's transaction like those of migrations 3 and 4 (each reads the table
+    // once; on PostgreSQL writes wait meanwhile): a relay of the previous release ignores them,
+    // and they hold pending rows only.
+    version: 5,
+    name: 'retry-due-index',
+    sqlite: readIndexes,
+    postgres: readIndexes,
   },
 ]
 
@@ -401,6 +429,77 @@ const archivedColumns =
 const latestHeldPredecessor = (row: string): string => `(SELECT h.id FROM ${outboxTable} h
     WHERE h.aggregate_id = ${row}.aggregate_id AND h.id < ${row}.id AND ${blocking('h')}
     ORDER BY h.id DESC LIMIT 1)`
+
+// The read. The oldest pending, unparked rows of the owned partitions whose retry time (if
+// any) has come, at most $3, in id order, each with its held_behind. Rows waiting for their own
+// retry are not held behind anything, so they are not parked: a read walking one index of every
+// unparked row in id order stepped over all of them again at every read (200,000 of them, a
+// broker that refused the head event of as many aggregates for a while: about 0.1 s per read on
+// either database, see docs/outbox.md Limits). So the read takes the first $3 rows of two
+// indexes (migration 5) and keeps the first $3 of those in id order:
+//   - _ready, the rows with no retry time, in id order: the first $3 of them;
+//   - _retry_due, the rows with a retry time, by that time: the first $3 already due, a range
+//     that ends at now, so the rows still waiting are not looked at. (In id order, the due ones
+//     would be found only by stepping over the waiting ones again, or by reading and sorting
+//     every due one, at every read, while a crowd of them drains.)
+// The result may leave out a due row of a smaller id than one it returns, in favour of one due
+// earlier (taken by a later read: a row's retry time does not change while it waits, and those
+// due before it are taken or charged again, later). Order per aggregate does not depend on it:
+//   - a row is returned only with every earlier readable row of its aggregate that has no retry
+//     time: were such a row F left out, the first $3 of _ready would all be below F, so below
+//     the returned row, and leave it out of the first $3 in id order;
+//   - an earlier row of its aggregate with a retry time (due or not) is a blocker: the row is
+//     returned held (held_behind), parked and never published.
+// held_behind is computed for the rows kept only. SQLite has two ranges of _retry_due: numbers
+// up to now, and a retry_at set by hand to text or a blob, which sorts above every number and is
+// due (it was never due before, so the event was never retried and held back the rest of its
+// aggregate for ever); its attempts still decide the dead letter. INDEXED BY: _unparked and
+// _pending also fit, and without statistics SQLite may take one and walk the waiting rows.
+// The `retry_at IS NOT NULL` of _retry_due's predicate follows from the comparison (both
+// databases see that), and is not written out: see below.
+//
+// PostgreSQL plans from the statistics of the last ANALYZE, which autovacuum runs only after a
+// tenth of the table changed, so right after a crowd of charges they still say that hardly any
+// row has a retry time. Planned as one row, the due rows were read through whichever index
+// looked cheapest for one row: _blocking (every dead, retrying and parked row, in aggregate
+// order) and a sort, so every waiting row at every read again (20,000 rows looked at for 32).
+// The due range therefore compares with (SELECT $2), a value the planner does not know: it
+// estimates a third of the rows with that comparison instead, and the range of _retry_due in
+// order, stopped at $3, is then by far the cheapest. A `retry_at IS NOT NULL` written out would
+// bring the stale estimate back. _ready wins the first arm on any statistics: every index that
+// gives id order holds at least its rows and leaves more conditions to check.
+const readBatch = (dialect: SqlDialect): string => {
+  const pg = dialect === 'postgres'
+  const owned = pg
+    ? `o.partition_no = ANY($1::int[])
+    AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+    AND NOT (o.aggregate_id = ANY($4::text[]))
+    AND o.id NOT IN (SELECT unnest($5::bigint[]))`
+    : `o.partition_no IN (SELECT value FROM json_each($1))
+    AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
+    AND o.id NOT IN (SELECT value FROM json_each($5))`
+  const first = (index: string, when: string, order: string, as: string): string =>
+    `SELECT * FROM (SELECT ${readColumns}
+    FROM ${outboxTable} o${pg ? '' : ` INDEXED BY ${outboxTable}_${index}`}
+    WHERE ${readable('o.')} AND ${when}
+    AND ${owned}
+    ORDER BY ${order} LIMIT $3) AS ${as}`
+  const arms = [
+    first('ready', 'o.retry_at IS NULL', 'o.id', 'ready'),
+    first(
+      'retry_due',
+      `o.retry_at <= ${pg ? '(SELECT $2::bigint)' : '$2'}`,
+      'o.retry_at, o.id',
+      'due',
+    ),
+  ]
+  if (!pg) arms.push(first('retry_due', `o.retry_at >= ''`, 'o.retry_at, o.id', 'due_by_hand'))
+  return `SELECT c.*, ${latestHeldPredecessor('c')} AS held_behind
+FROM (
+  ${arms.join('\n  UNION ALL\n  ')}
+  ORDER BY id LIMIT $3) AS c
+ORDER BY c.id`
+}
 
 // The park statement. Only rows that are still pending, unparked and held (the blocker is read
 // again here, not taken from the read), and not behind an event whose mark is under way ($2):
@@ -629,16 +728,7 @@ SELECT pg_notify($10, '')`,
     WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.partition_no = p.partition_no
     ORDER BY o.xid DESC LIMIT 1) AS newest
   WHERE newest.xid >= (SELECT pg_snapshot_xmin(pg_current_snapshot()))) AS held`,
-    readBatch: `SELECT ${readColumns}, ${latestHeldPredecessor('o')} AS held_behind
-FROM ${outboxTable} o
-WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.parked_behind IS NULL
-  AND o.partition_no = ANY($1::int[])
-  AND (o.retry_at IS NULL OR o.retry_at <= $2)
-  AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-  AND NOT (o.aggregate_id = ANY($4::text[]))
-  AND o.id NOT IN (SELECT unnest($5::bigint[]))
-ORDER BY o.id
-LIMIT $3`,
+    readBatch: readBatch('postgres'),
     park: park('postgres'),
     unparkStale: unparkStale('= ANY($1::int[])'),
     // Fenced by the lease token: a relay that lost a partition (its lease expired and another
@@ -745,21 +835,7 @@ FROM json_each($1) ORDER BY key`,
     // become visible in commit order; a reader that sees id n already sees every smaller id
     // that will ever commit.
     heldBack: undefined,
-    // A retry_at that is not a number (text set by hand: SQLite keeps it as text, which sorts
-    // above every number) is due: it was never due before, so the event was never retried and
-    // held back the rest of its aggregate for ever. Its attempts still decide the dead letter.
-    //
-    // INDEXED BY: _pending also fits the WHERE clause, and without statistics SQLite may take
-    // it and walk the parked rows again.
-    readBatch: `SELECT ${readColumns}, ${latestHeldPredecessor('o')} AS held_behind
-FROM ${outboxTable} o INDEXED BY ${outboxTable}_unparked
-WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.parked_behind IS NULL
-  AND o.partition_no IN (SELECT value FROM json_each($1))
-  AND (o.retry_at IS NULL OR o.retry_at <= $2 OR typeof(o.retry_at) NOT IN ('integer', 'real'))
-  AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
-  AND o.id NOT IN (SELECT value FROM json_each($5))
-ORDER BY o.id
-LIMIT $3`,
+    readBatch: readBatch('sqlite'),
     park: park('sqlite'),
     unparkStale: unparkStale('IN (SELECT value FROM json_each($1))'),
     markPublished: `UPDATE ${outboxTable} SET published_at = $1, retry_at = NULL

@@ -3,46 +3,20 @@
 // release then publishes what was pending, in order, parking the events held behind a dead one
 // and unparking them once it is redriven and published. Real SQLite and PostgreSQL.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { OutgoingMessage } from '../../src/brokers/types.js'
-import {
-  createOutbox,
-  createRelay,
-  migrateOutbox,
-  outboxMigrations,
-  redrive,
-} from '../../src/outbox/index.js'
+import { createOutbox, migrateOutbox, outboxMigrations, redrive } from '../../src/outbox/index.js'
 import { openDatabase, runMigrations, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { createTestDatabase } from '../support/postgres.js'
-import { createTestSqlite } from '../support/sqlite.js'
-import { count, until } from './support.js'
+import { count, emptyDbTargets, recordingRelay, until } from './support.js'
 
 const T0 = 1_700_000_000_000
 const outboxTable = 'breakwater_outbox'
 
-const targets = [
-  {
-    dialect: 'sqlite',
-    open: async () => {
-      const file = createTestSqlite('outbox_parked_migration')
-      return { url: file.url, drop: async () => file.cleanup() }
-    },
-  },
-  {
-    dialect: 'postgres',
-    open: async () => {
-      const database = await createTestDatabase('outbox_parked_migration')
-      return { url: database.url, drop: () => database.drop() }
-    },
-  },
-] as const
-
-describe.each(targets)('outbox migration 4 on $dialect', (target) => {
+describe.each(emptyDbTargets)('outbox migration 4 on $dialect', (target) => {
   let db: SqlDriver
   let drop: () => Promise<void>
 
   beforeAll(async () => {
-    const opened = await target.open()
+    const opened = await target.open('outbox_parked_migration')
     drop = opened.drop
     db = await openDatabase(opened.url)
   })
@@ -76,24 +50,15 @@ describe.each(targets)('outbox migration 4 on $dialect', (target) => {
     await db.execute(`UPDATE ${outboxTable} SET published_at = $1 WHERE event_id = 'b-0'`, [T0])
 
     const applied = await migrateOutbox(db)
-    expect(applied.map((m) => [m.version, m.name])).toEqual([[4, 'parked-events']])
+    expect(applied.map((m) => [m.version, m.name])).toEqual([
+      [4, 'parked-events'],
+      [5, 'retry-due-index'],
+    ])
     expect(await count(db, outboxTable)).toBe(events.length)
     expect(await count(db, outboxTable, 'WHERE parked_behind IS NOT NULL')).toBe(0)
 
     const published: string[] = []
-    const relay = createRelay({
-      db,
-      publisher: {
-        publish: async (messages: readonly OutgoingMessage[]) => {
-          for (const m of messages) published.push(m.id)
-        },
-        close: async () => {},
-      },
-      clock,
-      listen: false,
-      retention: false,
-      keepAlive: false,
-    })
+    const relay = recordingRelay({ db, clock }, published)
     await relay.start()
     try {
       await until(async () => {

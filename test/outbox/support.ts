@@ -2,10 +2,13 @@
 // with the outbox, queue and inbox migrations applied, and small helpers to watch them.
 import type { IncomingMessage, OutgoingMessage, Publisher } from '../../src/brokers/types.js'
 import {
+  createRelay,
   createSqlQueue,
   migrateInbox,
   migrateOutbox,
   migrateSqlQueue,
+  type Relay,
+  type RelayOptions,
   type SqlQueue,
   type SqlQueueOptions,
 } from '../../src/outbox/index.js'
@@ -73,6 +76,29 @@ export const postgresTarget: DbTarget = {
 }
 
 export const dbTargets: readonly DbTarget[] = [sqliteTarget, postgresTarget]
+
+/** A fresh database with nothing migrated, for tests of the migrations themselves. */
+export interface EmptyDbTarget {
+  readonly dialect: 'sqlite' | 'postgres'
+  open(name: string): Promise<{ readonly url: string; drop(): Promise<void> }>
+}
+
+export const emptyDbTargets: readonly EmptyDbTarget[] = [
+  {
+    dialect: 'sqlite',
+    async open(name) {
+      const file = createTestSqlite(name)
+      return { url: file.url, drop: async () => file.cleanup() }
+    },
+  },
+  {
+    dialect: 'postgres',
+    async open(name) {
+      const database = await createTestDatabase(name)
+      return { url: database.url, drop: () => database.drop() }
+    },
+  },
+]
 
 /** Real-time wait for integration tests (a few ms; never used for backoff or cooldowns). */
 export function delay(ms: number): Promise<void> {
@@ -179,6 +205,28 @@ export function testPublisher(inner: Publisher): TestPublisher {
     close: () => inner.close(),
   }
   return publisher
+}
+
+/**
+ * A relay that does not listen, prune or keep the process alive, publishing to a broker that
+ * takes everything and records the ids in `published`, in order.
+ */
+export function recordingRelay(
+  options: Omit<RelayOptions, 'publisher'>,
+  published: string[],
+): Relay {
+  return createRelay({
+    publisher: {
+      publish: async (messages: readonly OutgoingMessage[]) => {
+        for (const m of messages) published.push(m.id)
+      },
+      close: async () => {},
+    },
+    listen: false,
+    retention: false,
+    keepAlive: false,
+    ...options,
+  })
 }
 
 /** An error like the one a broker client raises when the broker is down (transient). */
