@@ -1,4 +1,4 @@
-import type { SignalTarget } from '../process/index.js'
+import type { RunOutcome, SignalTarget } from '../process/index.js'
 
 // Until a process listens for SIGTERM or SIGINT, Node leaves them their default action: the
 // process ends at once (exit 143 or 130 in a shell), skipping the graceful stop a command
@@ -60,4 +60,26 @@ export function holdSignals(target: SignalTarget = process): HeldSignals {
       else passOn = true
     },
   }
+}
+
+/**
+ * Runs `run` (a call of runUntilSignal, which installs its SIGTERM and SIGINT handlers as it is
+ * called, before its first await) and hands `held` over in the same turn: no signal falls
+ * between the two. When one was held already, nothing is run: `before` is told (for its log
+ * line) and the outcome is that of a stop by that signal, with nothing to drain.
+ */
+export function runHandedOver(
+  held: HeldSignals | undefined,
+  run: () => Promise<RunOutcome>,
+  before: (signal: NodeJS.Signals) => void,
+): Promise<RunOutcome> {
+  if (held?.signal.aborted === true) {
+    held.handOver()
+    const signal = held.signal.reason as NodeJS.Signals
+    before(signal)
+    return Promise.resolve({ reason: 'signal', signal, drain: 'complete' })
+  }
+  const running = run()
+  held?.handOver()
+  return running
 }

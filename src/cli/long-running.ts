@@ -15,6 +15,7 @@ import {
   databaseUrlSource,
   openExistingDatabase,
 } from './existing-database.js'
+import { type HeldSignals, runHandedOver } from './held-signals.js'
 import { checkMigrated, StartupError } from './process-support.js'
 import { messageOf, UsageError } from './usage.js'
 
@@ -32,6 +33,12 @@ export interface LongRunningCommandDeps {
   readonly env?: Readonly<Record<string, string | undefined>>
   /** Where SIGTERM, SIGINT and SIGHUP (logged and ignored) come from. @default process */
   readonly signals?: SignalTarget
+  /**
+   * SIGTERM and SIGINT as held since before the command's modules loaded (main.ts holds them):
+   * handed over once its own handlers are on; one held already stops it before it starts
+   * (exit 0). @default none held
+   */
+  readonly held?: HeldSignals
   /**
    * Ends the process when a drain did not finish (timed out, or cut short by a second signal):
    * the service may still hold the process open (a saga step that never returns keeps renewing
@@ -359,15 +366,23 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     })
   signals.on('SIGHUP', onHup)
   try {
-    const outcome = await runUntilSignal(start, {
-      drainTimeoutMs: command.drainTimeoutMs,
-      ...(deps.signals === undefined ? {} : { target: deps.signals }),
-      clock,
-      onSignal: (signal, phase) =>
-        phase === 'drain'
-          ? log.info(command.drainMessage, { signal })
-          : log.warn('second signal: exiting without waiting for the drain', { signal }),
-    })
+    const outcome = await runHandedOver(
+      deps.held,
+      () =>
+        runUntilSignal(start, {
+          drainTimeoutMs: command.drainTimeoutMs,
+          ...(deps.signals === undefined ? {} : { target: deps.signals }),
+          clock,
+          onSignal: (signal, phase) =>
+            phase === 'drain'
+              ? log.info(command.drainMessage, { signal })
+              : log.warn('second signal: exiting without waiting for the drain', { signal }),
+        }),
+      (signal) =>
+        log.info(`stopped by ${signal} before the ${name} started; nothing was started`, {
+          signal,
+        }),
+    )
     if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
       log.error(`the ${name} did not stop in time; exiting now`, {
         drain: outcome.drain,

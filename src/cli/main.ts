@@ -4,31 +4,47 @@
 // saga worker, a single-process proxy) whose drain did not finish in time ends the process
 // itself (see src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
 // `breakwater migrate` never loads the demo's HTTP servers.
+// First of all, for its side effect: SIGTERM and SIGINT held before the rest loads.
+import './signals-at-start.js'
 import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.
 import { redactSecrets } from '../observability/redact.js'
-import { holdSignals } from './held-signals.js'
+import { type HeldSignals, holdSignals } from './held-signals.js'
+import { takeHeldAtStart } from './signals-at-start.js'
 import { StartupError } from './startup-error.js'
 import { packageVersion, wantsHelp } from './usage.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
 type Command = (args: string[]) => Promise<number>
 
-const commands: Record<string, { summary: string; load: () => Promise<Command> }> = {
+/**
+ * Loads a command that drains on SIGTERM and SIGINT with both held until its own handlers are
+ * on: since main.ts started (signals-at-start.ts), or from here (`breakwater help relay`).
+ * Loading takes a second or more on a busy machine, and a signal meanwhile ended the process by
+ * Node's default action (143, or 130 for SIGINT), skipping the graceful stop the command
+ * documents. `load` hands them to the command; what is still held when it ends (after --help or
+ * a bad argument) is let go, and a load that fails gives them their default action back.
+ */
+async function loadHolding(load: (held: HeldSignals) => Promise<Command>): Promise<Command> {
+  const held = takeHeldAtStart() ?? holdSignals()
+  try {
+    const command = await load(held)
+    return (args) => command(args).finally(() => held.handOver())
+  } catch (error) {
+    held.release()
+    throw error
+  }
+}
+
+/** `load` gets the command's arguments: `saga worker` is loaded (and held) apart from `saga`. */
+const commands: Record<string, { summary: string; load: (args: string[]) => Promise<Command> }> = {
   demo: {
     summary: 'run the demo (`demo policies`: the resilience-policy scenarios)',
-    load: async () => {
-      // Held before the demo's modules load (a second or more on a busy machine): a SIGTERM
-      // then ended `npm start` with 143 by its default action, skipping the graceful stop.
-      const held = holdSignals()
-      try {
+    load: () =>
+      loadHolding(async (held) => {
         const { demoCommand } = await import('./demo.js')
         return (args) => demoCommand(args, { held })
-      } catch (error) {
-        held.release()
-        throw error
-      }
-    },
+      }),
   },
   migrate: {
     summary: 'apply database migrations: migrate --db <url>',
@@ -41,16 +57,31 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
   saga: {
     summary:
       'operate sagas: saga list|show|retry|cancel|prune --db <url>, saga worker --module <file>',
-    load: async () => (await import('./saga.js')).sagaCommand,
+    load: async (args) =>
+      args[0] === 'worker'
+        ? // The worker drains on a signal; the admin commands end by it (and hold nothing).
+          loadHolding(async (held) => {
+            const { sagaWorkerCommand } = await import('./saga-worker.js')
+            return (all) => sagaWorkerCommand(all.slice(1), { held })
+          })
+        : (await import('./saga.js')).sagaCommand,
   },
   relay: {
     summary: 'publish outbox events to a broker: relay --db <url> --broker <url>',
-    load: async () => (await import('./relay.js')).relayCommand,
+    load: () =>
+      loadHolding(async (held) => {
+        const { relayCommand } = await import('./relay.js')
+        return (args) => relayCommand(args, { held })
+      }),
   },
   proxy: {
     summary:
       'run the resilience proxy: proxy --config <file.yaml> [--workers N] [--start-timeout MS] [--check]',
-    load: async () => (await import('./proxy.js')).proxyCommand,
+    load: () =>
+      loadHolding(async (held) => {
+        const { proxyCommand } = await import('./proxy.js')
+        return (args) => proxyCommand(args, { held })
+      }),
   },
   version: {
     summary: 'print the version of breakwater (also --version or -V)',
@@ -88,7 +119,8 @@ const exitCodes = `exit codes:
        start: \`proxy --check\` exits 1 listing its faults)
   141  the reader of the output went away (\`breakwater saga list | head -1\`)
   143  stopped by SIGTERM (130: SIGINT) before it finished, as shells show a signal's
-       end; the relay, saga worker, proxy and shop demo drain on either and exit as above
+       end; the relay, saga worker, proxy and shop demo drain on either and exit as above,
+       also when it comes while they load (only Node's own start is left to 143 and 130)
 `
 
 function usage(): string {
@@ -122,7 +154,7 @@ async function runCommand(name: string, args: string[]): Promise<number> {
     process.stderr.write(`breakwater: unknown command "${redactSecrets(name)}"\n\n${usage()}`)
     return 2
   }
-  return (await command.load())(args)
+  return (await command.load(args))(args)
 }
 
 // A reader that went away (`breakwater saga list | head -1`, a log shipper that died): Node

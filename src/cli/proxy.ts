@@ -18,6 +18,7 @@ import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import type { ProxyDrainReport, ProxyInternals } from '../proxy/runtime.js'
+import { type HeldSignals, runHandedOver } from './held-signals.js'
 import { StartupError } from './process-support.js'
 import { counted, messageOf, UsageError, wantsHelp } from './usage.js'
 
@@ -42,6 +43,12 @@ export interface ProxyCommandDeps {
   readonly exit?: (code: number) => void
   /** Times the command's own bound on a drain (see drainWait). @default systemClock */
   readonly clock?: Clock
+  /**
+   * SIGTERM and SIGINT as held since before this module loaded (main.ts holds them): handed
+   * over once the proxy's own handlers are on; one held already stops it before it starts
+   * (exit 0). `--check` gives them their default action back. @default none held
+   */
+  readonly held?: HeldSignals
 }
 
 const usage = `usage: breakwater proxy --config <file.yaml> [options]
@@ -183,6 +190,8 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
     stdout.write(usage)
     return 0
   }
+  // No graceful stop to keep the signals for: they end a check by their default action.
+  if (parsed.check) deps.held?.release()
   // First thing, before the config loader (and later the runtime) is imported: SIGHUP's
   // default action ends the process, and loading the modules and reading the file take a while.
   const early = parsed.check ? undefined : holdSighup(deps.signals ?? process)
@@ -342,38 +351,43 @@ async function runSingle(
   }
   signals.on('SIGHUP', onHup)
   if (early.handOver()) onHup()
-  const outcome = await runUntilSignal(
-    async () => {
-      proxy = await startProxyRuntime({
-        config: { file },
-        // --workers 1 on a file with more: the file is read (and reloaded) as one process.
-        configOverrides: { ...overrides, workers: config.workers },
-        logger,
-        ...(deps.env === undefined ? {} : { env: deps.env }),
-      }).catch(startFailure)
-      if (hupWhileStarting) {
-        logger.info('SIGHUP: reloading the config')
-        reload()
-      }
-      const running = proxy
-      return {
-        stop: async () => {
-          signals.off('SIGHUP', onHup)
-          // Readiness goes false first, so a load balancer stops sending before we stop taking.
-          running.beginDrain()
-          drained = await running.close()
+  const outcome = await runHandedOver(
+    deps.held,
+    () =>
+      runUntilSignal(
+        async () => {
+          proxy = await startProxyRuntime({
+            config: { file },
+            // --workers 1 on a file with more: the file is read (and reloaded) as one process.
+            configOverrides: { ...overrides, workers: config.workers },
+            logger,
+            ...(deps.env === undefined ? {} : { env: deps.env }),
+          }).catch(startFailure)
+          if (hupWhileStarting) {
+            logger.info('SIGHUP: reloading the config')
+            reload()
+          }
+          const running = proxy
+          return {
+            stop: async () => {
+              signals.off('SIGHUP', onHup)
+              // Readiness goes false first, so a load balancer stops sending before we stop taking.
+              running.beginDrain()
+              drained = await running.close()
+            },
+          }
         },
-      }
-    },
-    {
-      target: signals,
-      clock: deps.clock ?? systemClock,
-      // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
-      drainTimeoutMs: () =>
-        drainWait(proxy?.config().drainTimeoutMs ?? config.drainTimeoutMs, 5_000),
-      onSignal: (signal, phase) =>
-        logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
-    },
+        {
+          target: signals,
+          clock: deps.clock ?? systemClock,
+          // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+          drainTimeoutMs: () =>
+            drainWait(proxy?.config().drainTimeoutMs ?? config.drainTimeoutMs, 5_000),
+          onSignal: (signal, phase) =>
+            logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
+        },
+      ),
+    (signal) => logStoppedBeforeStart(logger, signal, 'proxy'),
   )
     .finally(() => signals.off('SIGHUP', onHup))
     .catch((error: unknown) => endTimedOutStart(error, deps))
@@ -417,44 +431,49 @@ async function serveAsWorker(
   const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
   process.on('SIGHUP', onHup)
   if (early.handOver()) onHup()
-  const outcome = await runUntilSignal(
-    async () => {
-      // The primary watches the file, serves the admin API and tells workers to reload. A
-      // worker never reads the file: it runs the text the primary accepted, so one restarted
-      // while the file holds a config the primary refused starts on the config in force.
-      const given = await receiveWorkerConfig(process)
-      if (given === undefined)
-        throw new StartupError(
-          'cannot start: the primary process went away before it sent the config',
-        )
-      const proxy = await startProxyRuntime({
-        config: given.text,
-        // Validated with the primary's worker count (the file's, or --workers). The others
-        // (--start-timeout) are the primary's too: node:cluster forks a worker with the
-        // primary's command line.
-        configOverrides: { ...overrides, workers: given.workers },
-        logger,
-        watch: false,
-        admin: false,
-        ...(deps.env === undefined ? {} : { env: deps.env }),
-      }).catch(startFailure)
-      let drain: () => void = () => {}
-      const done = new Promise<void>((resolvePromise) => {
-        drain = resolvePromise
-      })
-      // In the turn the start resolved in (no await since): the route switches and isolations
-      // in force are applied before the listeners' first request is read.
-      const stopServing = serveWorkerCommands(proxy, process, () => drain(), given)
-      return {
-        done,
-        stop: async () => {
-          proxy.beginDrain()
-          drained = await proxy.close()
-          stopServing()
+  const outcome = await runHandedOver(
+    deps.held,
+    () =>
+      runUntilSignal(
+        async () => {
+          // The primary watches the file, serves the admin API and tells workers to reload. A
+          // worker never reads the file: it runs the text the primary accepted, so one restarted
+          // while the file holds a config the primary refused starts on the config in force.
+          const given = await receiveWorkerConfig(process)
+          if (given === undefined)
+            throw new StartupError(
+              'cannot start: the primary process went away before it sent the config',
+            )
+          const proxy = await startProxyRuntime({
+            config: given.text,
+            // Validated with the primary's worker count (the file's, or --workers). The others
+            // (--start-timeout) are the primary's too: node:cluster forks a worker with the
+            // primary's command line.
+            configOverrides: { ...overrides, workers: given.workers },
+            logger,
+            watch: false,
+            admin: false,
+            ...(deps.env === undefined ? {} : { env: deps.env }),
+          }).catch(startFailure)
+          let drain: () => void = () => {}
+          const done = new Promise<void>((resolvePromise) => {
+            drain = resolvePromise
+          })
+          // In the turn the start resolved in (no await since): the route switches and isolations
+          // in force are applied before the listeners' first request is read.
+          const stopServing = serveWorkerCommands(proxy, process, () => drain(), given)
+          return {
+            done,
+            stop: async () => {
+              proxy.beginDrain()
+              drained = await proxy.close()
+              stopServing()
+            },
+          }
         },
-      }
-    },
-    { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
+        { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
+      ),
+    (signal) => logStoppedBeforeStart(logger, signal, 'worker'),
   )
     .finally(() => process.off('SIGHUP', onHup))
     // Ended at once: the primary notices a worker that failed to start only once it exits.
@@ -580,64 +599,69 @@ async function runPrimary(
   signals.on('SIGHUP', onHup)
   if (early.handOver()) onHup()
 
-  const outcome = await runUntilSignal(
-    async () => {
-      // The admin API first: a port in use then fails the start before any worker is forked
-      // (a worker left running would keep this process, and the listener ports, alive).
-      admin = await startPrimaryAdmin(config, file, backend, log, metrics, deps.env)
-      // Calls reload once the file's text changed, 250 ms after the last event. Watches the
-      // folder, not the file: editors and `mv` replace the file, which ends a watch on the file
-      // itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens
-      // for an update of any of its keys, so an event that leaves the text as it was reloads
-      // nothing (a reload rebuilds the generation and drops any route switch whose route
-      // changed, see route-overrides.ts). Read once when armed:
-      // a change since the text above was read is not missed.
-      watcher = watchFileContent(
-        file,
-        Buffer.from(configText, 'utf8'),
-        () => reload('config file changed'),
-        (error) => log.warn('config file watch failed', { error: messageOf(error) }),
-        {
-          debounceMs: 250,
-          readAtStart: true,
-          onUnchanged: () => log.debug('config file unchanged; not reloaded', { file }),
-          onRewatched: () => log.info('config file watched again', { file }),
-        },
-      )
-      log.info('starting workers', { workers })
-      for (let i = 0; i < workers; i++) fork()
-      forked = true
-      if (hupWhileStarting) reload('SIGHUP')
-      return {
-        done: startFailed,
-        stop: async () => {
-          stopping = true
-          signals.off('SIGHUP', onHup)
-          watcher?.close()
-          backend.beginDrain()
-          if (startError === undefined && backend.hasStartedAll()) {
-            await backend.drainAll()
-          } else {
-            // Some workers have not come up (a signal while they start), or never will: a drain
-            // request sent before a worker listens is lost. Signal each one instead: a worker
-            // drains on SIGTERM, and one still starting stops as soon as it is up.
-            for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
+  const outcome = await runHandedOver(
+    deps.held,
+    () =>
+      runUntilSignal(
+        async () => {
+          // The admin API first: a port in use then fails the start before any worker is forked
+          // (a worker left running would keep this process, and the listener ports, alive).
+          admin = await startPrimaryAdmin(config, file, backend, log, metrics, deps.env)
+          // Calls reload once the file's text changed, 250 ms after the last event. Watches the
+          // folder, not the file: editors and `mv` replace the file, which ends a watch on the file
+          // itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens
+          // for an update of any of its keys, so an event that leaves the text as it was reloads
+          // nothing (a reload rebuilds the generation and drops any route switch whose route
+          // changed, see route-overrides.ts). Read once when armed:
+          // a change since the text above was read is not missed.
+          watcher = watchFileContent(
+            file,
+            Buffer.from(configText, 'utf8'),
+            () => reload('config file changed'),
+            (error) => log.warn('config file watch failed', { error: messageOf(error) }),
+            {
+              debounceMs: 250,
+              readAtStart: true,
+              onUnchanged: () => log.debug('config file unchanged; not reloaded', { file }),
+              onRewatched: () => log.info('config file watched again', { file }),
+            },
+          )
+          log.info('starting workers', { workers })
+          for (let i = 0; i < workers; i++) fork()
+          forked = true
+          if (hupWhileStarting) reload('SIGHUP')
+          return {
+            done: startFailed,
+            stop: async () => {
+              stopping = true
+              signals.off('SIGHUP', onHup)
+              watcher?.close()
+              backend.beginDrain()
+              if (startError === undefined && backend.hasStartedAll()) {
+                await backend.drainAll()
+              } else {
+                // Some workers have not come up (a signal while they start), or never will: a drain
+                // request sent before a worker listens is lost. Signal each one instead: a worker
+                // drains on SIGTERM, and one still starting stops as soon as it is up.
+                for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
+              }
+              await Promise.all(exited.values())
+              // A worker's last lines ("worker exited") may still be in its pipe.
+              await Promise.all(forwarding)
+              await admin?.close()
+            },
           }
-          await Promise.all(exited.values())
-          // A worker's last lines ("worker exited") may still be in its pipe.
-          await Promise.all(forwarding)
-          await admin?.close()
         },
-      }
-    },
-    {
-      target: signals,
-      clock: deps.clock ?? systemClock,
-      // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
-      drainTimeoutMs: () => drainWait(backend.configInForce().drainTimeoutMs, 10_000),
-      onSignal: (signal, phase) =>
-        log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
-    },
+        {
+          target: signals,
+          clock: deps.clock ?? systemClock,
+          // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+          drainTimeoutMs: () => drainWait(backend.configInForce().drainTimeoutMs, 10_000),
+          onSignal: (signal, phase) =>
+            log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
+        },
+      ),
+    (signal) => logStoppedBeforeStart(log, signal, 'proxy'),
   )
     .finally(() => signals.off('SIGHUP', onHup))
     // No worker was forked yet: nothing to stop but this process.
@@ -697,6 +721,11 @@ async function startPrimaryAdmin(
   } finally {
     bound.end()
   }
+}
+
+/** Said when a signal held while the command loaded stops it before `what` started. */
+function logStoppedBeforeStart(logger: Logger, signal: NodeJS.Signals, what: string): void {
+  logger.info(`stopped by ${signal} before the ${what} started; nothing was started`, { signal })
 }
 
 /**

@@ -118,7 +118,9 @@ export const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
  * same way (`drainTimeoutMs`, then a second signal), and the run then resolves with the signal's
  * outcome unless `done` rejected, whose error it still rejects with.
  * Signal listeners are installed before `start` runs (so a signal never kills the process with
- * its default action mid-start) and removed before the promise settles.
+ * its default action mid-start), in the call itself, before its first await (a caller that held
+ * the signals until then can let go of them in the same turn), and removed before the promise
+ * settles.
  *
  * Resolves with how the run ended; the caller (a CLI's `main`) decides the exit code. Rejects
  * when `start` or `stop` rejects, or when `done` rejects (after `stop()` was tried). Never

@@ -89,6 +89,21 @@ describe('runUntilSignal', () => {
     expect(target.listenerCount('SIGINT')).toBe(0)
   })
 
+  it('installs its listeners in the call itself, before its first await', async () => {
+    // The CLI holds SIGTERM and SIGINT while it loads and lets go of them right after this call,
+    // in the same turn: a listener installed a turn later would leave a gap.
+    const target = new EventEmitter()
+    const s = service()
+    const run = track(runUntilSignal(() => s.handle, { target, clock: new ManualClock() }))
+    expect(target.listenerCount('SIGTERM')).toBe(1)
+    expect(target.listenerCount('SIGINT')).toBe(1)
+    target.emit('SIGINT', 'SIGINT')
+    await flushJobs()
+    s.finishStop()
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGINT', drain: 'complete' })
+  })
+
   it('gives up on a drain that takes longer than drainTimeoutMs', async () => {
     const target = new EventEmitter()
     const clock = new ManualClock()
