@@ -408,13 +408,34 @@ async function runWorker(
   deps: ProxyCommandDeps,
   early: EarlySighup,
 ): Promise<number> {
+  let failed = true
   try {
-    return await serveAsWorker(logger, overrides, deps, early)
+    const code = await serveAsWorker(logger, overrides, deps, early)
+    failed = code !== 0
+    return code
   } finally {
-    // Let go of the IPC channel so the process can end, also when it could not start (the
-    // primary then sees it exit).
-    if (process.connected) process.disconnect()
+    // Let go of the IPC channel so the process ends, also when it could not start (the primary
+    // then sees it exit).
+    if (process.connected) letGoOfPrimary(failed)
   }
+}
+
+/**
+ * Closes a worker's IPC channel, which ends the process at once. node:cluster ends a worker
+ * whose channel closes with exit code 0, taking it for one its primary left, unless it left by
+ * `worker.disconnect()`: a worker that failed leaves that way and ends with the code main.ts
+ * gave it (1 for a failed start), so the primary, and a supervisor, see the failure.
+ */
+function letGoOfPrimary(failed: boolean): void {
+  const worker = cluster.worker
+  if (!failed || worker === undefined) {
+    process.disconnect()
+    return
+  }
+  // The channel closes on a later I/O turn: the error has reached main.ts by then (in this
+  // turn's microtasks), which set the exit code.
+  worker.once('disconnect', () => process.exit(process.exitCode ?? 1))
+  worker.disconnect()
 }
 
 async function serveAsWorker(
