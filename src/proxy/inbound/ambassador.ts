@@ -98,7 +98,9 @@ export function createAmbassadorHandler(
   // A forwarded request: logged, and counted as the gateway counts its routes, under the
   // ambassador's route name.
   const settled = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void => {
-    logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
+    // Checked here too: without access logs, no details object per request.
+    if (ctx.accessLog)
+      logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
     countRequest(ctx, listener.name, AMBASSADOR_ROUTE, service, outcome.status, inbound.startedAt)
   }
   // A request whose connection went in the middle of its body: logged and counted with what
