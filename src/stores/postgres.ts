@@ -833,17 +833,13 @@ export class PostgresDriver implements SqlDriver {
       return settled.value
     }
     if (!settled.ok) {
-      // ROLLBACK is not awaited: the connection goes back to the pool as ROLLBACK goes out, and
-      // the next transaction's BEGIN queues behind it on the same pipelined connection, so a
-      // rollback (a replayed key in claim: 'in-transaction', a failed handler) holds its
-      // connection for no round trip of its own. Safe because PostgreSQL answers ROLLBACK
-      // with an error only when the session itself is lost (outside a transaction it warns),
-      // and then every statement queued behind it fails with the connection too, never runs
-      // inside this transaction. A statement timeout on it destroys the connection (pg's
-      // pipeline mode) with the same effect.
-      client.query('ROLLBACK').catch(() => {})
-      // A connection known lost is not offered to the next transaction at all.
-      client.release(this.#lost.get(pooled))
+      try {
+        await client.query('ROLLBACK')
+        client.release()
+      } catch (rollbackError) {
+        // The connection's state is unknown: destroy it rather than return it to the pool.
+        client.release(asError(rollbackError))
+      }
       throw settled.error
     }
     let committed: PgResult

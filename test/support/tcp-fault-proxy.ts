@@ -1,6 +1,6 @@
 // A user-space TCP proxy on loopback for network faults that this machine's kernel cannot make
 // without a network namespace: bytes from the server silently dropped (a blackhole in one
-// direction) or held back, and every connection cut at once.
+// direction), and every connection cut at once.
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net'
 import { listenOnLoopback } from './loopback.js'
 
@@ -13,13 +13,6 @@ export interface TcpFaultProxy {
    * it sent them, the clients never see them.
    */
   dropServerBytes(on: boolean): void
-  /**
-   * While on, bytes from the server are kept back (a slow return path); turning it off
-   * delivers them, in order. See {@link TcpFaultProxy.heldBytes}.
-   */
-  holdServerBytes(on: boolean): void
-  /** How many bytes from the server are being kept back now. */
-  heldBytes(): number
   /** Destroys every open connection, on both sides, as a crashed peer or router would. */
   severAll(): void
   /** Severs everything and stops listening. */
@@ -30,8 +23,6 @@ export interface TcpFaultProxy {
 export async function startTcpFaultProxy(host: string, port: number): Promise<TcpFaultProxy> {
   const sockets = new Set<Socket>()
   let dropping = false
-  let holding = false
-  const held: Array<{ readonly client: Socket; readonly chunk: Buffer }> = []
   const track = (socket: Socket): void => {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
@@ -44,9 +35,7 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     track(upstream)
     client.on('data', (chunk) => upstream.write(chunk))
     upstream.on('data', (chunk) => {
-      if (dropping) return
-      if (holding) held.push({ client, chunk })
-      else client.write(chunk)
+      if (!dropping) client.write(chunk)
     })
     client.on('close', () => upstream.destroy())
     upstream.on('close', () => client.destroy())
@@ -60,12 +49,6 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     dropServerBytes: (on) => {
       dropping = on
     },
-    holdServerBytes: (on) => {
-      holding = on
-      if (on) return
-      for (const { client, chunk } of held.splice(0)) client.write(chunk)
-    },
-    heldBytes: () => held.reduce((sum, { chunk }) => sum + chunk.length, 0),
     severAll,
     close: async () => {
       severAll()
