@@ -2,8 +2,7 @@
 // drains on SIGTERM and SIGINT has them held from the first moment breakwater's code runs.
 // Until a process listens for them, Node gives them their default action (the process ends
 // with 143, or 130 for SIGINT), and main.ts's own imports take tens of milliseconds before its
-// body runs (core/errors.js reads globalThis.Headers, which loads Node's fetch). What is left
-// is Node's own start, before any of this code runs.
+// body runs. What is left is Node's own start, before any of this code runs.
 import { type HeldSignals, holdSignals } from './held-signals.js'
 
 /**
