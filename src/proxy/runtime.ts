@@ -47,6 +47,7 @@ import { AMBASSADOR_ROUTE, createAmbassadorHandler } from './inbound/ambassador.
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import { listenerRefusalLogger } from './inbound/request.js'
 import {
   logOverridesAfterReload,
   type NamedRouteOverride,
@@ -1053,6 +1054,23 @@ class ProxyRuntime implements ProxyInternals {
       this.#generation?.handlers.get(listener)?.fast?.(req, res) ?? false
     const currentFast = (): FastRequestHandler | undefined =>
       this.#generation?.handlers.get(listener)?.fast === undefined ? undefined : fast
+    // A listener a reload removed has no handler in force to count and log what it answers:
+    // its LISTENER_REMOVED answers and its own refusals while it drains (an upgrade refused
+    // PROXY_DRAINING, what node's parser refuses) are counted and logged as any listener's
+    // refusals before routing (no route, no service), under the access log setting in force.
+    const deps = this.#deps
+    const generation = (): Generation | undefined => this.#generation
+    const removed = listenerRefusalLogger(
+      {
+        clock: deps.clock,
+        metrics: deps.metrics,
+        logger: deps.logger,
+        get accessLog() {
+          return generation()?.config.accessLog ?? false
+        },
+      },
+      listener,
+    )
     const dispatch = (req: IncomingMessage, res: ServerResponse) => {
       const handler = this.#generation?.handlers.get(listener)
       if (handler !== undefined) {
@@ -1062,6 +1080,12 @@ class ProxyRuntime implements ProxyInternals {
       // A listener a reload removed, still draining: the client reconnects, and finds the
       // listeners in force.
       sendRemoved(res, 503, 'LISTENER_REMOVED')
+      removed({
+        status: 503,
+        code: 'LISTENER_REMOVED',
+        detail: 'this listener was removed by a config reload',
+        remote: req.socket.remoteAddress,
+      })
     }
     // Upgrades go to the current generation's handler too; while it has none (an ambassador
     // without, or a listener a reload removed) the listener refuses them itself.
@@ -1069,10 +1093,13 @@ class ProxyRuntime implements ProxyInternals {
       get: (): UpgradeHandler | undefined => this.#generation?.handlers.get(listener)?.upgrade,
       enumerable: true,
     })
-    // So are the listener's own refusals, logged by the handler in force (its accessLog).
+    // So are the listener's own refusals, logged by the handler in force (its accessLog), or
+    // by `removed` on a listener a reload removed.
     Object.defineProperty(dispatch, 'refused', {
-      get: (): ListenerRefusalHandler | undefined =>
-        this.#generation?.handlers.get(listener)?.refused,
+      get: (): ListenerRefusalHandler | undefined => {
+        const handler = this.#generation?.handlers.get(listener)
+        return handler === undefined ? removed : handler.refused
+      },
       enumerable: true,
     })
     return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })

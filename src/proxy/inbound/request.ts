@@ -874,7 +874,7 @@ export function logRefusal(
  * flood of malformed requests, or of 431s for oversized cookies, left no line and no count.
  */
 export function listenerRefusalLogger(
-  ctx: InboundContext,
+  ctx: Pick<InboundContext, 'clock' | 'metrics' | 'logger' | 'accessLog'>,
   listener: string,
 ): ListenerRefusalHandler {
   return ({ status, code, detail, remote }) => {

@@ -11,8 +11,12 @@ import { connect as tlsConnect } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { recordOtelCounters } from '../../support/otel-counters.js'
 import { createTestCerts, type TestCerts } from '../support/certs.js'
-import { eventually, type NamedUpstream, startNamedUpstream } from './helpers.js'
+import { captureLog, eventually, type NamedUpstream, startNamedUpstream } from './helpers.js'
+
+// Registered before the proxy starts: it creates its OpenTelemetry instruments on first use.
+const counted = recordOtelCounters()
 
 let upstream: NamedUpstream
 let certs: TestCerts
@@ -88,6 +92,32 @@ function gatedTransport(raw: Socket): {
   }
 }
 
+/**
+ * A TLS connection to `port` whose handshake the server has answered and the client has not
+ * finished yet (see {@link gatedTransport}): `release()` lets the handshake end, then `send`
+ * writes the request; `text()` is what the server wrote so far, `closed` settles when it closed.
+ */
+async function heldTlsConnection(port: number) {
+  const raw = netConnect(port, '127.0.0.1')
+  // The server closing the connection (the TLS client over the gate is not told).
+  const closed = new Promise<void>((resolve) => raw.once('close', () => resolve()))
+  const gate = gatedTransport(raw)
+  const client = tlsConnect({ socket: gate.duplex, ca: certs.ca.cert, servername: 'localhost' })
+  client.on('error', () => {})
+  const received: Buffer[] = []
+  client.on('data', (chunk: Buffer) => received.push(chunk))
+  // The server accepted the connection and sent its part of the handshake.
+  await gate.answered
+  return {
+    closed,
+    text: () => Buffer.concat(received).toString('utf8'),
+    send(request: string) {
+      gate.release()
+      client.write(request)
+    },
+  }
+}
+
 describe('a request on a listener a reload removed', () => {
   it('is answered 503 LISTENER_REMOVED with Connection: close', async () => {
     const proxy: RunningProxy = await startProxy({
@@ -96,34 +126,60 @@ describe('a request on a listener a reload removed', () => {
       watch: false,
     })
     try {
-      const { port } = proxy.address('secure')
-      const raw = netConnect(port, '127.0.0.1')
-      // The server closing the connection (the TLS client over the gate is not told).
-      const closed = new Promise<void>((resolve) => raw.once('close', () => resolve()))
-      const gate = gatedTransport(raw)
-      const client = tlsConnect({
-        socket: gate.duplex,
-        ca: certs.ca.cert,
-        servername: 'localhost',
-      })
-      client.on('error', () => {})
-      const received: Buffer[] = []
-      client.on('data', (chunk: Buffer) => received.push(chunk))
-      // The server accepted the connection and sent its part of the handshake.
-      await gate.answered
+      const held = await heldTlsConnection(proxy.address('secure').port)
       await proxy.reload(yaml(false))
-      gate.release()
-      client.write('GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n')
+      held.send('GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n')
       // The answer, then the server closes the connection.
-      await eventually(
-        () => Buffer.concat(received).toString('utf8').endsWith('\r\n0\r\n\r\n'),
-        'the whole answer',
-      )
-      await closed
-      const text = Buffer.concat(received).toString('utf8')
+      await eventually(() => held.text().endsWith('\r\n0\r\n\r\n'), 'the whole answer')
+      await held.closed
+      const text = held.text()
       expect(text).toMatch(/^HTTP\/1\.1 503 /)
       expect(text.toLowerCase()).toContain('connection: close')
       expect(text).toContain('"code":"LISTENER_REMOVED"')
+    } finally {
+      await proxy.close(0)
+    }
+  })
+
+  // Every other answer a listener gives is counted in its request metrics and, with access logs
+  // on, logged as `request refused`; a removed listener had no handler in force to do either,
+  // so its LISTENER_REMOVED answers, and its own refusals while it drains (here a handshake,
+  // refused 503 PROXY_DRAINING), were in no metric and no log line.
+  it("is counted and logged as a refusal before routing, as the listener's own refusals there are", async () => {
+    const log = captureLog()
+    const proxy: RunningProxy = await startProxy({
+      config: yaml(true),
+      logger: createJsonLogger({ output: log }),
+      watch: false,
+    })
+    try {
+      const port = proxy.address('secure').port
+      const request = await heldTlsConnection(port)
+      const handshake = await heldTlsConnection(port)
+      await proxy.reload(yaml(false))
+      counted.length = 0
+      request.send('GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n')
+      handshake.send(
+        'GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      )
+      await Promise.all([request.closed, handshake.closed])
+      expect(request.text()).toContain('"code":"LISTENER_REMOVED"')
+      expect(handshake.text()).toContain('"code":"PROXY_DRAINING"')
+
+      expect(await proxy.metricsText()).toContain(
+        'breakwater_proxy_route_requests_total{listener="secure",route="",service="",status="503"} 2',
+      )
+      const attributes = { listener: 'secure', route: '', service: '', status: 503 }
+      expect(counted.filter((c) => c.name === 'breakwater.proxy.requests')).toEqual([
+        { name: 'breakwater.proxy.requests', value: 1, attributes },
+        { name: 'breakwater.proxy.requests', value: 1, attributes },
+      ])
+      const refusals = log.lines().filter((line) => line.msg === 'request refused')
+      expect(refusals.map((line) => line.code).sort()).toEqual([
+        'LISTENER_REMOVED',
+        'PROXY_DRAINING',
+      ])
+      expect(refusals[0]).toMatchObject({ listener: 'secure', status: 503 })
     } finally {
       await proxy.close(0)
     }
