@@ -35,7 +35,12 @@ import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-n
 import { recordableJson } from './json-result.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { checkMethods, defaultMethods } from './methods.js'
-import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
+import {
+  checkProblemTypeBase,
+  defaultProblemTypeBase,
+  isIdempotencyError,
+  problemResponse,
+} from './problem.js'
 import {
   credentialScope,
   isStorableScope,
@@ -203,7 +208,15 @@ export interface IdempotencyOptions {
    */
   readonly replayHeaders?: readonly string[] | undefined
   /**
-   * The base of the problem type URIs in error responses.
+   * The base of the problem type URIs in error responses: a problem's `type` is this base
+   * followed by its name (`idempotency-key-missing`). It must be an absolute http or https URL
+   * ending in `/` (the name becomes its last path segment) or `#` (the name becomes its
+   * fragment), without a query, of URI characters only (RFC 3986: percent-encode anything
+   * else); anything else is refused with `InvalidOptionError` naming `problemTypeBase` and what
+   * is wrong. Decided: `urn:` and `tag:` bases, which RFC 9457 allows for types that are not
+   * meant to be looked up, are refused too: the type is meant to lead to the problem's
+   * documentation, and such a prefix has no separator that could be checked. Every adapter
+   * renders the base of the `Idempotency` it is given; none takes one of its own.
    * @default 'https://breakwater.dev/problems/'
    */
   readonly problemTypeBase?: string | undefined
@@ -715,11 +728,10 @@ class IdempotencyCore implements Idempotency {
         ? (status) => status < 500
         : checkFunction<(status: number) => boolean>('storeResponse', options.storeResponse)
     this.#replayHeaders = checkReplayHeaders(options.replayHeaders ?? defaultReplayHeaders)
-    const base = options.problemTypeBase ?? defaultProblemTypeBase
-    if (typeof base !== 'string') {
-      throw new InvalidOptionError('problemTypeBase', 'a URI prefix', base)
-    }
-    this.#problemTypeBase = base
+    this.#problemTypeBase =
+      options.problemTypeBase === undefined
+        ? defaultProblemTypeBase
+        : checkProblemTypeBase(options.problemTypeBase)
   }
 
   appliesTo(method: string): boolean {

@@ -1,3 +1,4 @@
+import { InvalidOptionError } from '../core/errors.js'
 import {
   type IdempotencyError,
   IdempotencyInProgressError,
@@ -12,6 +13,60 @@ import type { IdempotencyResponse } from './types.js'
  * rule's name, e.g. `https://breakwater.dev/problems/idempotency-key-missing`.
  */
 export const defaultProblemTypeBase = 'https://breakwater.dev/problems/'
+
+/** RFC 3986 text: unreserved and reserved characters, and `%` only as `%XX`. */
+const uriText = /^(?:[A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/
+/** `http://` or `https://` followed by a non-empty authority. */
+const absoluteHttp = /^https?:\/\/[^/?#]/i
+const takes = "an absolute http or https URL ending in '/' or '#'"
+
+/**
+ * Checks `createIdempotency`'s `problemTypeBase` once, at construction, and returns it
+ * (internal: not exported from the package root). A
+ * problem's `type` is this base followed by its name, unchecked, so the base must make every
+ * such concatenation an absolute URI that names the problem: an http or https URL (RFC 9457
+ * asks for an absolute type URI, which when dereferenced documents the problem; decided:
+ * `urn:` and `tag:` bases are refused, as nothing in breakwater renders them and a prefix
+ * of theirs has no separator to check) ending in `/` (the name becomes its last path segment)
+ * or `#` (the name becomes its fragment), without a query. Before, any string was taken and
+ * a relative base, or one without its trailing `/` (`.../problemsidempotency-key-missing`),
+ * went out in every problem answer.
+ *
+ * @throws InvalidOptionError naming `problemTypeBase` and what is wrong with it
+ */
+export function checkProblemTypeBase(value: unknown): string {
+  if (typeof value !== 'string') throw new InvalidOptionError('problemTypeBase', takes, value)
+  const refuse = (what: string): never => {
+    throw new InvalidOptionError('problemTypeBase', what, value)
+  }
+  if (!uriText.test(value)) {
+    refuse(
+      `${takes}, of URI characters only (RFC 3986): no spaces, quotes, control characters or non-ASCII letters (percent-encode them), and '%' only before two hex digits`,
+    )
+  }
+  // The WHATWG parser would take 'https:/host/' and 'https:host/' as https://host/: the two
+  // slashes are checked on the text, the rest (a port out of range, an empty host) by URL.
+  if (!absoluteHttp.test(value) || !URL.canParse(value)) {
+    refuse(
+      `${takes} (https://host/path/): relative URIs and other schemes (urn:, tag:) are not taken`,
+    )
+  }
+  if (value.includes('?')) {
+    refuse(`${takes}, without a query: the problem's name is appended to it`)
+  }
+  const hash = value.indexOf('#')
+  if (hash !== -1 && hash !== value.length - 1) {
+    refuse(
+      `${takes}, with '#' only as its last character (the problem's name becomes the fragment)`,
+    )
+  }
+  if (!value.endsWith('/') && hash === -1) {
+    refuse(
+      `${takes}: a problem's type is this base followed by its name, so ${JSON.stringify(value)} would give ${JSON.stringify(`${value}idempotency-key-missing`)}`,
+    )
+  }
+  return value
+}
 
 /**
  * An RFC 9457 problem details object, as sent with `Content-Type: application/problem+json`.
