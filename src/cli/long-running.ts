@@ -34,9 +34,9 @@ export interface LongRunningCommandDeps {
   /** Where SIGTERM, SIGINT and SIGHUP (logged and ignored) come from. @default process */
   readonly signals?: SignalTarget
   /**
-   * SIGTERM and SIGINT as held since before the command's modules loaded (main.ts holds them):
-   * handed over once its own handlers are on; one held already stops it before it starts
-   * (exit 0). @default none held
+   * SIGTERM, SIGINT and SIGHUP as held since before the command's modules loaded (main.ts
+   * holds them): handed over once its own handlers are on; a SIGTERM or SIGINT held already
+   * stops it before it starts (exit 0), a SIGHUP is logged as ignored. @default none held
    */
   readonly held?: HeldSignals
   /**
@@ -365,6 +365,8 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
       signal: 'SIGHUP',
     })
   signals.on('SIGHUP', onHup)
+  // One that came while main.ts loaded the command is said now, as if it came just now.
+  if (deps.held?.takeHangup()) onHup()
   try {
     const outcome = await runHandedOver(
       deps.held,

@@ -4,7 +4,7 @@
 // saga worker, a single-process proxy) whose drain did not finish in time ends the process
 // itself (see src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
 // `breakwater migrate` never loads the demo's HTTP servers.
-// First of all, for its side effect: SIGTERM and SIGINT held before the rest loads.
+// First of all, for its side effect: SIGTERM, SIGINT and SIGHUP held before the rest loads.
 import './signals-at-start.js'
 import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.

@@ -44,9 +44,10 @@ export interface ProxyCommandDeps {
   /** Times the command's own bound on a drain (see drainWait). @default systemClock */
   readonly clock?: Clock
   /**
-   * SIGTERM and SIGINT as held since before this module loaded (main.ts holds them): handed
-   * over once the proxy's own handlers are on; one held already stops it before it starts
-   * (exit 0). `--check` gives them their default action back. @default none held
+   * SIGTERM, SIGINT and SIGHUP as held since before this module loaded (main.ts holds them):
+   * handed over once the proxy's own handlers are on; a SIGTERM or SIGINT held already stops
+   * it before it starts (exit 0), a SIGHUP reloads once it is up. `--check` gives them their
+   * default action back. @default none held
    */
   readonly held?: HeldSignals
 }
@@ -194,7 +195,7 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   if (parsed.check) deps.held?.release()
   // First thing, before the config loader (and later the runtime) is imported: SIGHUP's
   // default action ends the process, and loading the modules and reading the file take a while.
-  const early = parsed.check ? undefined : holdSighup(deps.signals ?? process)
+  const early = parsed.check ? undefined : holdSighup(deps.signals ?? process, deps.held)
   try {
     return await runProxy(parsed, deps, early)
   } catch (error) {
@@ -286,14 +287,15 @@ interface EarlySighup {
  * Listens for SIGHUP on `signals` until {@link EarlySighup.handOver}: one that comes while the
  * command loads its modules and reads the file is noted instead of ending the process, and the
  * real handler, installed before the holder is removed so that none falls in between, applies
- * it once the proxy is up.
+ * it once the proxy is up. Takes over one `held` noted while main.ts loaded this module.
  */
-function holdSighup(signals: SignalTarget): EarlySighup {
+function holdSighup(signals: SignalTarget, held: HeldSignals | undefined): EarlySighup {
   let seen = false
   const hold = (): void => {
     seen = true
   }
   signals.on('SIGHUP', hold)
+  if (held?.takeHangup()) seen = true
   return {
     handOver() {
       signals.off('SIGHUP', hold)

@@ -1,8 +1,9 @@
 // Imported by main.ts for its side effect, before any other module it loads: a command that
-// drains on SIGTERM and SIGINT has them held from the first moment breakwater's code runs.
-// Until a process listens for them, Node gives them their default action (the process ends
-// with 143, or 130 for SIGINT), and main.ts's own imports take tens of milliseconds before its
-// body runs. What is left is Node's own start, before any of this code runs.
+// drains on SIGTERM and SIGINT has them held from the first moment breakwater's code runs, and
+// SIGHUP with them (each such command handles it once running, or gives it back). Until a
+// process listens for them, Node gives them their default action (the process ends with 143,
+// 130 for SIGINT, 129 for SIGHUP), and main.ts's own imports take tens of milliseconds before
+// its body runs. What is left is Node's own start, before any of this code runs.
 import { type HeldSignals, holdSignals } from './held-signals.js'
 
 /**
