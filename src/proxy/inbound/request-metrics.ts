@@ -51,7 +51,7 @@ export const listenerRequestMetrics = metricsPerRegistry((registry): ListenerReq
   const metrics: ListenerRequestMetrics = {
     requests: registry.counter({
       name: 'breakwater_proxy_route_requests_total',
-      help: 'Requests a listener answered, by listener, route (ambassador on an ambassador listener, empty when none matched), service (empty when the request reached none: no route, an unknown service, an idempotent replay or refusal) and status sent.',
+      help: 'Requests a listener answered, by listener, route (ambassador on an ambassador listener, empty when none matched), service (empty when the request reached none: no route, an unknown service on an ambassador, an idempotent replay or refusal; on a gateway, a target the config lacks is named) and status sent.',
       labelNames: ['listener', 'route', 'service', 'status'],
     }),
     duration: registry.histogram({

@@ -844,14 +844,20 @@ export function isConnectionClosing(socket: object | null): boolean {
 
 /**
  * Logs a request the proxy refused itself (`msg: "request refused"`, warn) when access logs are
- * on: listener, method, path and route when known, status, code, detail and the client address.
+ * on: listener, method, path, route and service when known, status, code, detail and the client
+ * address. `service` is the one the request metrics count the refusal under (see
+ * {@link countRequest}): a route's target the config lacks, for its `502 SERVICE_NOT_FOUND`.
  */
 export function logRefusal(
   ctx: InboundContext,
   listener: string,
   req: IncomingMessage,
   refusal: { readonly status: number; readonly code: string; readonly detail: string },
-  where: { readonly path?: string | undefined; readonly route?: string | undefined } = {},
+  where: {
+    readonly path?: string | undefined
+    readonly route?: string | undefined
+    readonly service?: string | undefined
+  } = {},
 ): void {
   if (!ctx.accessLog) return
   ctx.logger.warn('request refused', {
@@ -859,6 +865,7 @@ export function logRefusal(
     method: req.method,
     path: where.path,
     route: where.route,
+    service: where.service,
     status: refusal.status,
     code: refusal.code,
     detail: refusal.detail,

@@ -80,6 +80,9 @@ export function createWebSocketHandler(
   const scheme = listener.tls === undefined ? 'http' : 'https'
   const trustForwarded = listener.trustForwardedHeaders === true
 
+  // `service` is counted and logged, as for a request, only for the target a route chose that
+  // the config lacks (502 SERVICE_NOT_FOUND): the only name of the missing service. Other
+  // refusals reached no service.
   const refuse = (
     req: IncomingMessage,
     socket: Duplex,
@@ -89,10 +92,11 @@ export function createWebSocketHandler(
     detail: string,
     route = '',
     allow?: string,
+    service = '',
   ): void => {
     const refusal = allow === undefined ? { status, code, detail } : { status, code, detail, allow }
-    refuseUpgrade(ctx, listener.name, req, socket, refusal, inbound?.path, route)
-    observe(inbound, status, route, '')
+    refuseUpgrade(ctx, listener.name, req, socket, refusal, inbound?.path, route, service)
+    observe(inbound, status, route, service)
   }
 
   const serve = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
@@ -119,7 +123,17 @@ export function createWebSocketHandler(
     const service = ctx.services().get(serviceName)
     if (service === undefined) {
       const detail = `route ${route.name} has no live target`
-      refuse(req, socket, inbound, 502, 'SERVICE_NOT_FOUND', detail, route.name)
+      refuse(
+        req,
+        socket,
+        inbound,
+        502,
+        'SERVICE_NOT_FOUND',
+        detail,
+        route.name,
+        undefined,
+        serviceName,
+      )
       return
     }
     const headers = forwardedHeaders(
@@ -213,7 +227,8 @@ export interface UpgradeRefusal {
 
 /**
  * Answers a handshake with the proxy's own problem (and ends the connection), and logs it as
- * `request refused` when access logs are on, with its path and route when known.
+ * `request refused` when access logs are on, with its path, route and service when known (a
+ * service only for a route's target the config lacks, see {@link logRefusal}).
  */
 export function refuseUpgrade(
   ctx: InboundContext,
@@ -223,8 +238,13 @@ export function refuseUpgrade(
   refusal: UpgradeRefusal,
   path?: string,
   route = '',
+  service = '',
 ): void {
   const extras = refusal.allow === undefined ? undefined : { headers: { allow: refusal.allow } }
   endWithProblem(socket, ctx.clock, refusal.status, refusal.code, refusal.detail, extras)
-  logRefusal(ctx, listener, req, refusal, { path, route: route === '' ? undefined : route })
+  logRefusal(ctx, listener, req, refusal, {
+    path,
+    route: route === '' ? undefined : route,
+    service: service === '' ? undefined : service,
+  })
 }

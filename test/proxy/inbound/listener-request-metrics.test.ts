@@ -12,15 +12,24 @@ import type { ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import { recordOtelCounters } from '../../support/otel-counters.js'
 import { route } from '../gateway/fixtures.js'
 import { sendRaw } from '../support/raw-http.js'
-import { listenRole } from './harness.js'
+import { type CapturedLog, listenRole } from './harness.js'
 
 // Registered before any request: the proxy creates its counter on first use.
 const counted = recordOtelCounters()
 
-const routes = [route('orders', '/orders', [{ service: 'orders', weight: 1 }])]
+const routes = [
+  route('orders', '/orders', [{ service: 'orders', weight: 1 }]),
+  // A target the registry lacks (the listener's only service is orders), tunnelling too.
+  route('ghost', '/ghost', [{ service: 'missing', weight: 1 }], {
+    websocket: { idleTimeoutMs: 60_000 },
+  }),
+]
 
 const running: Partial<
-  Record<'ambassador' | 'gateway', { server: ListenerServer; port: number; ctx: InboundContext }>
+  Record<
+    'ambassador' | 'gateway',
+    { server: ListenerServer; port: number; ctx: InboundContext; log: CapturedLog }
+  >
 > = {}
 beforeAll(async () => {
   running.ambassador = await listenRole('ambassador', routes)
@@ -93,6 +102,36 @@ describe('ambassador', () => {
     expect(metrics).toContain(
       `${series('listener="ambassador",route="ambassador",service="",status="404"')} 2`,
     )
+  })
+})
+
+const handshake = (path: string) =>
+  `GET ${path} HTTP/1.1\r\nHost: HOST\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`
+
+describe('gateway', () => {
+  // A route's target the config lacks is the only name of the missing service (docs/proxy.md,
+  // Metrics): a request's 502 SERVICE_NOT_FOUND was counted and logged under it, but the same
+  // answer to a WebSocket handshake was counted with service="" and logged with no service.
+  it('counts and logs a 502 SERVICE_NOT_FOUND under the missing service, for a request and a handshake alike', async () => {
+    const log = running.gateway?.log
+    const plain = await send('gateway', 'GET /ghost/x HTTP/1.1\r\nHost: HOST\r\n\r\n')
+    expect(plain.status).toBe(502)
+    const upgrade = await send('gateway', handshake('/ghost/ws'))
+    expect(upgrade.status).toBe(502)
+
+    expect(upgrade.metrics).toContain(
+      `${series('listener="gateway",route="ghost",service="missing",status="502"')} 2`,
+    )
+    expect(upgrade.metrics).not.toContain('route="ghost",service="",status="502"')
+    expect(otelFor('gateway', 502).map((c) => c.attributes?.service)).toEqual([
+      'missing',
+      'missing',
+    ])
+    const lines = (log?.lines() ?? []).filter((line) => line.status === 502)
+    expect(lines).toMatchObject([
+      { msg: 'access', route: 'ghost', service: 'missing' },
+      { msg: 'request refused', route: 'ghost', service: 'missing', code: 'SERVICE_NOT_FOUND' },
+    ])
   })
 })
 
