@@ -2,7 +2,6 @@ import { InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import {
   cancelSaga,
-  type ErrorInfo,
   getSaga,
   getSagaTimeline,
   listSagas,
@@ -493,26 +492,51 @@ function isCount(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0
 }
 
-function errorCell(error: ErrorInfo | undefined): string {
+// A timeline entry's detail is only shown too: an `error` of null threw a bare TypeError out of
+// `saga show`. Not an object, it is no error either.
+function errorCell(error: unknown): string {
   if (error === undefined) return ''
+  if (typeof error !== 'object' || error === null) return '(unreadable error)'
   const { name, message } = error as { name?: unknown; message?: unknown }
   return typeof name === 'string' && typeof message === 'string'
     ? `${name}: ${message}`
     : '(unreadable error)'
 }
 
+// A time in an entry's detail: one that is not a whole number of epoch ms from 0 (changed
+// outside breakwater) was left out of the line, or shown as a time before 1970.
+function detailTime(value: unknown): string {
+  return Number.isSafeInteger(value) && (value as number) >= 0
+    ? time(value as number)
+    : unreadableCell
+}
+
+// One line per entry, its columns that cannot be read shown as `(unreadable)` and named at its
+// end with what is wrong with each and the entry's seq (the row to fix): one such entry failed
+// the whole of `saga show`, hiding the instance and the rest of its timeline.
 function formatEntry(entry: SagaTimelineEntry): string {
-  const parts = [time(entry.at), entry.kind]
-  if (entry.step !== undefined) parts.push(entry.step)
-  if (entry.attempt !== undefined) parts.push(`attempt ${entry.attempt}`)
+  const bad = (column: string) => entry.unreadable?.some((u) => u.column === column) === true
+  const parts = [bad('at') ? unreadableCell : time(entry.at), entry.kind ?? unreadableCell]
+  if (bad('step')) parts.push(unreadableCell)
+  else if (entry.step !== undefined) parts.push(entry.step)
+  if (bad('attempt')) parts.push(`attempt ${unreadableCell}`)
+  else if (entry.attempt !== undefined) parts.push(`attempt ${entry.attempt}`)
   const d = entry.detail ?? {}
-  const error = d.error as { name?: string; message?: string } | undefined
-  if (error !== undefined) parts.push(`error ${error.name ?? 'Error'}: ${error.message ?? ''}`)
-  if (typeof d.retryAt === 'number') parts.push(`retry at ${time(d.retryAt)}`)
-  if (typeof d.until === 'number') parts.push(`until ${time(d.until)}`)
+  if (d.error !== undefined) parts.push(`error ${errorCell(d.error)}`)
+  if (d.retryAt !== undefined) parts.push(`retry at ${detailTime(d.retryAt)}`)
+  if (d.until !== undefined) parts.push(`until ${detailTime(d.until)}`)
   if (d.final === true) parts.push('(final)')
-  if (typeof d.previousOwner === 'string') parts.push(`(lease of ${d.previousOwner} expired)`)
-  if (typeof d.reason === 'string') parts.push(`reason: ${d.reason}`)
-  if (entry.worker !== undefined) parts.push(`[${entry.worker}]`)
+  if (d.previousOwner !== undefined)
+    parts.push(
+      `(lease of ${typeof d.previousOwner === 'string' ? d.previousOwner : unreadableCell} expired)`,
+    )
+  if (d.reason !== undefined)
+    parts.push(`reason: ${typeof d.reason === 'string' ? d.reason : unreadableCell}`)
+  if (bad('worker')) parts.push(`[${unreadableCell}]`)
+  else if (entry.worker !== undefined) parts.push(`[${entry.worker}]`)
+  if (entry.unreadable !== undefined)
+    parts.push(
+      `event ${entry.seq} cannot be read (changed outside breakwater): ${entry.unreadable.map((u) => `${u.column} ${u.problem}`).join('; ')}`,
+    )
   return oneLine(parts.join('  '))
 }

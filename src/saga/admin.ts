@@ -247,9 +247,10 @@ export async function getSaga(
 /**
  * Reads an instance's timeline: each step attempt and its outcome, failures with their errors,
  * compensations, lease takeovers, operator actions, in order. An entry whose stored detail is
- * not a JSON object, or whose `at` or `attempt` is not a whole number from 0 (a row changed
- * outside breakwater), fails it with `StoredDataError` (`STORED_DATA_INVALID`) naming the saga,
- * the entry's `seq` and the column.
+ * not a JSON object, whose `at` or `attempt` is not a whole number from 0, or whose `kind`,
+ * `step` or `worker` is not text (a row changed outside breakwater) is given with the others,
+ * marked: `unreadable` names each such column with what is wrong with it, and its field is
+ * undefined. Nothing is written; fix the row.
  */
 export async function getSagaTimeline(db: SqlExecutor, id: string): Promise<SagaTimelineEntry[]> {
   checkId('id', id)

@@ -102,6 +102,7 @@ export type {
   SagaInstance,
   SagaStatus,
   SagaTimelineEntry,
+  SagaUnreadableColumn,
   StepState,
   StepStatus,
 } from './state.js'

@@ -199,26 +199,42 @@ export function definitionProblem(
   return changed ? 'steps-changed' : undefined
 }
 
+/** A column of a stored row that cannot be read, and what is wrong with what it holds. */
+export interface SagaUnreadableColumn {
+  /** The column, e.g. `detail`. */
+  readonly column: string
+  /** What is wrong with it, as `StoredDataError` words it after the column (`is not JSON (...)`). */
+  readonly problem: string
+}
+
 /** One entry of an instance's timeline. */
 export interface SagaTimelineEntry {
   /** Position in the timeline (increasing). */
   readonly seq: number
-  /** When it happened (epoch ms on the writer's clock). */
-  readonly at: number
+  /** When it happened (epoch ms on the writer's clock); undefined when it cannot be read. */
+  readonly at: number | undefined
   /**
    * What happened: `step-completed`, `step-failed`, `step-waiting`, `compensation-completed`,
    * `compensation-failed`, `compensating`, `completed`, `compensated`, `parked`, `cancelled`,
    * `lease-expired`, `retry-requested`, `cancel-requested`, `reply-received`, `released`.
+   * Undefined when it cannot be read (see `unreadable`).
    */
-  readonly kind: string
-  /** The step concerned, if any. */
+  readonly kind: string | undefined
+  /** The step concerned, if any; undefined too when it cannot be read. */
   readonly step: string | undefined
-  /** The attempt concerned, if any. */
+  /** The attempt concerned, if any; undefined too when it cannot be read. */
   readonly attempt: number | undefined
-  /** The worker that wrote it, if any. */
+  /** The worker that wrote it, if any; undefined too when it cannot be read. */
   readonly worker: string | undefined
-  /** Details (error, result, delay, reason), JSON-parsed. */
+  /** Details (error, result, delay, reason), JSON-parsed; undefined too when it cannot be read. */
   readonly detail: Readonly<Record<string, unknown>> | undefined
+  /**
+   * The columns of the entry's row that cannot be read (`at`, `kind`, `step`, `attempt`,
+   * `worker`, `detail`: a row changed outside breakwater), each with what is wrong with it, in
+   * that order; undefined when every one can. The fields they give are undefined then. The
+   * entry is given with the others all the same: one such row failed the whole timeline.
+   */
+  readonly unreadable: readonly SagaUnreadableColumn[] | undefined
 }
 
 /** A row of `breakwater_sagas`. */
@@ -499,10 +515,17 @@ export function storedText(
   row: Pick<SagaRow, 'id' | SagaOptionalTextColumn>,
   column: SagaOptionalTextColumn,
 ): string | undefined {
-  const value: unknown = row[column]
+  return readStoredText(row[column], instancePlace(row, column))
+}
+
+/**
+ * The value of a TEXT column that may be NULL: text, or undefined for NULL. Anything else (a blob
+ * SQLite keeps in a TEXT column, read as a Buffer) is StoredDataError at `where`.
+ */
+function readStoredText(value: unknown, where: () => StoredPlace): string | undefined {
   if (value === null) return undefined
   if (typeof value === 'string') return value
-  throw new StoredDataError(instancePlace(row, column)(), `is ${describeValue(value)}, not text`)
+  throw new StoredDataError(where(), `is ${describeValue(value)}, not text`)
 }
 
 /**
@@ -634,24 +657,48 @@ export function reasonInDetail(
 }
 
 /**
- * Turns a timeline row of saga `sagaId` into an entry. StoredDataError naming the saga, the
- * entry's seq and the column for an unreadable detail, or an `at` or `attempt` that is not a
- * whole number from 0: read with `Number()`, text (SQLite) showed in `saga show` as an Invalid
- * Date or `attempt NaN`, and a negative number as a time before 1970.
+ * Turns a timeline row of saga `sagaId` into an entry, never failing on what the row holds: a
+ * column it cannot read (a detail that is not JSON of an object, an `at` or `attempt` that is not
+ * a whole number from 0, a `kind`, `step` or `worker` that is not text) is left undefined and
+ * named in the entry's `unreadable`, with the problem as StoredDataError words it. Read with
+ * `Number()`, text (SQLite) showed in `saga show` as an Invalid Date or `attempt NaN`, and a
+ * negative number as a time before 1970; thrown, one such row failed the whole timeline and
+ * `saga show` with it, hiding the instance and every other entry.
  */
 export function timelineEntryFromRow(sagaId: string, row: SagaEventRow): SagaTimelineEntry {
+  const unreadable: SagaUnreadableColumn[] = []
+  const read = <T>(column: string, reader: (where: () => StoredPlace) => T): T | undefined => {
+    try {
+      return reader(eventPlace(sagaId, row, column))
+    } catch (error) {
+      if (!(error instanceof StoredDataError)) throw error
+      unreadable.push({ column, problem: error.problem })
+      return undefined
+    }
+  }
+  const at = read('at', (where) => storedWhole(row.at, 0, where, storedTimeText))
+  // NOT NULL in the schema: a NULL could only come from another writer, and is no kind either.
+  const kind = read('kind', (where) => readStoredText(row.kind, where) ?? nullKind(where))
+  const step = read('step', (where) => readStoredText(row.step, where))
+  const attempt = read('attempt', (where) =>
+    row.attempt === null ? undefined : storedWhole(row.attempt, 0, where, 'a whole number from 0'),
+  )
+  const worker = read('worker', (where) => readStoredText(row.worker, where))
+  const detail = read('detail', () => storedDetail(sagaId, row))
   return {
     seq: Number(row.seq),
-    at: storedWhole(row.at, 0, eventPlace(sagaId, row, 'at'), storedTimeText),
-    kind: row.kind,
-    step: row.step ?? undefined,
-    attempt:
-      row.attempt === null
-        ? undefined
-        : storedWhole(row.attempt, 0, eventPlace(sagaId, row, 'attempt'), 'a whole number from 0'),
-    worker: row.worker ?? undefined,
-    detail: storedDetail(sagaId, row),
+    at,
+    kind,
+    step,
+    attempt,
+    worker,
+    detail,
+    unreadable: unreadable.length === 0 ? undefined : unreadable,
   }
+}
+
+function nullKind(where: () => StoredPlace): never {
+  throw new StoredDataError(where(), 'is null, not text')
 }
 
 /**

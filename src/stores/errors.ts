@@ -135,6 +135,11 @@ export class StoredDataError extends BreakwaterError {
   readonly row: string
   /** The column that holds what cannot be read, e.g. `headers`. */
   readonly column: string
+  /**
+   * What is wrong with the value, as the message words it after the column (`is not JSON
+   * (...)`): for a reader that shows the row with the others, marked, rather than failing.
+   */
+  readonly problem: string
 
   /**
    * @param where Which table, row and column.
@@ -149,6 +154,7 @@ export class StoredDataError extends BreakwaterError {
     this.table = where.table
     this.row = where.row
     this.column = where.column
+    this.problem = problem
   }
 }
 

@@ -2,8 +2,9 @@
 // writer's bug, a restored backup). They parsed the stored JSON bare: a bare SyntaxError (or a
 // TypeError for `null` steps) that named neither the saga nor the column, and one such row
 // failed the whole of `listSagas` (`saga list`), hiding every good instance. Now the commands
-// that need the row (deliverReply, retrySaga, getSagaTimeline) throw StoredDataError naming it,
-// which `breakwater saga` prints, and the listing shows the row without its step. Real SQLite.
+// that need the row (deliverReply, retrySaga) throw StoredDataError naming it, which
+// `breakwater saga` prints, the listing shows the row without its step, and getSagaTimeline
+// marks the entry it cannot read among the others. Real SQLite.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
@@ -141,15 +142,21 @@ describe('saga admin readers on malformed stored rows, on SQLite', () => {
     return id
   }
 
-  it('getSagaTimeline names the event whose detail cannot be read', async () => {
+  it('getSagaTimeline marks the event whose detail cannot be read, with the rest of the timeline', async () => {
     const id = await parkedSaga()
-    const [edited] = await spoil('breakwater_saga_events', 'detail', '{bad', 'saga_id', id)
-    const error = await getSagaTimeline(t.db, id).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(StoredDataError)
-    expect(error).toMatchObject({
-      table: 'breakwater_saga_events',
-      row: `saga "${id}" event ${edited!.seq}`,
-      column: 'detail',
+    const before = await getSagaTimeline(t.db, id)
+    const parked = before.find((e) => e.kind === 'parked')!
+    await t.db.execute(`UPDATE breakwater_saga_events SET detail = '{bad' WHERE seq = $1`, [
+      parked.seq,
+    ])
+    const timeline = await getSagaTimeline(t.db, id)
+    expect(timeline.filter((e) => e.seq !== parked.seq)).toEqual(
+      before.filter((e) => e.seq !== parked.seq),
+    )
+    expect(timeline.find((e) => e.seq === parked.seq)).toEqual({
+      ...parked,
+      detail: undefined,
+      unreadable: [{ column: 'detail', problem: expect.stringMatching(/^is not JSON \(/) }],
     })
   })
 
@@ -377,8 +384,11 @@ describe.each(dbTargets)('saga admin readers on malformed row times, on $dialect
 // The lease token and the timeline's times and attempts were still read with Number(): text
 // (SQLite keeps it in an INTEGER column) showed in `saga show` as token NaN, an Invalid Date or
 // `attempt NaN`, and a negative number (either database) as a token no claim gives or a time
-// before 1970. getSaga and getSagaTimeline (`saga show`) now fail naming the saga (and the
-// timeline entry) and the column; `saga list` shows neither, so it lists the row as before.
+// before 1970. getSaga (`saga show`) now fails naming the saga and the column; `saga list`
+// shows neither, so it lists the row as before. A timeline entry is marked instead: one such
+// entry failed the whole of `saga show`, hiding the rest of the timeline; getSagaTimeline now
+// gives it with the others, the column undefined and named in its `unreadable` with what is
+// wrong, and `saga show` (table and --json) shows it so. Nothing is written.
 describe.each(dbTargets)(
   'saga show on a malformed lease token and timeline, on $dialect',
   (target) => {
@@ -425,45 +435,73 @@ describe.each(dbTargets)(
     const time = 'a time (whole epoch ms from 0)'
     const count = 'a whole number from 0'
     it.each([
-      ['at', -5, `at is -5, not ${time}`],
-      ['attempt', -1, `attempt is -1, not ${count}`],
+      ['at', -5, `is -5, not ${time}`],
+      ['attempt', -1, `is -1, not ${count}`],
       ...(target.dialect === 'sqlite'
         ? ([
-            ['at', 'abc', `at is "abc", not ${time}`],
-            ['at', 1.5, `at is 1.5, not ${time}`],
-            ['attempt', 'x', `attempt is "x", not ${count}`],
-            ['attempt', 2.5, `attempt is 2.5, not ${count}`],
+            ['at', 'abc', `is "abc", not ${time}`],
+            ['at', 1.5, `is 1.5, not ${time}`],
+            ['attempt', 'x', `is "x", not ${count}`],
+            ['attempt', 2.5, `is 2.5, not ${count}`],
           ] as [string, unknown, string][])
         : []),
     ])(
-      'timeline %s %s: getSagaTimeline and `saga show` name the entry',
-      async (column, bad, said) => {
+      'timeline %s %s: getSagaTimeline and `saga show` mark the entry, with the others',
+      async (column, bad, problem) => {
         const saga = twoSteps()
         const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
         const { id } = await worker.run(saga, {})
         const before = await getSagaTimeline(t.db, id)
-        expect(before.length).toBeGreaterThan(0)
+        expect(before.length).toBeGreaterThan(1)
         const attempted = before.find((e) => e.attempt !== undefined)!
         expect(attempted).toMatchObject({ attempt: 1, at: clock.now() })
         await t.db.execute(`UPDATE breakwater_saga_events SET ${column} = $1 WHERE seq = $2`, [
           bad,
           attempted.seq,
         ])
-        const error = await getSagaTimeline(t.db, id).catch((e: unknown) => e)
-        expect(error).toBeInstanceOf(StoredDataError)
-        expect(error).toMatchObject({
-          table: 'breakwater_saga_events',
-          row: `saga "${id}" event ${attempted.seq}`,
-          column,
+        const stored = () =>
+          t.db.query('SELECT * FROM breakwater_saga_events WHERE saga_id = $1 ORDER BY seq', [id])
+        const edited = await stored()
+
+        const timeline = await getSagaTimeline(t.db, id)
+        expect(timeline.filter((e) => e.seq !== attempted.seq)).toEqual(
+          before.filter((e) => e.seq !== attempted.seq),
+        )
+        expect(timeline.find((e) => e.seq === attempted.seq)).toEqual({
+          ...attempted,
+          [column]: undefined,
+          unreadable: [{ column, problem }],
         })
-        expect((error as Error).message).toContain(said)
-        for (const json of [[], ['--json']]) {
-          const shown = await runSagaCommand(t, ['show', id, ...json])
-          expect(shown).toMatchObject({ code: 1, out: '' })
-          expect(shown.err).toContain(
-            `breakwater_saga_events saga "${id}" event ${attempted.seq}: ${said}`,
-          )
-        }
+
+        const json = await runSagaCommand(t, ['show', id, '--json'])
+        expect(json).toMatchObject({ code: 0, err: '' })
+        const shown = (JSON.parse(json.out) as { timeline: { seq: number }[] }).timeline
+        expect(shown).toHaveLength(before.length)
+        expect(shown.find((e) => e.seq === attempted.seq)).toMatchObject({
+          kind: attempted.kind,
+          unreadable: [{ column, problem }],
+        })
+        expect(shown.find((e) => e.seq === attempted.seq)).not.toHaveProperty(column)
+
+        const text = await runSagaCommand(t, ['show', id])
+        expect(text).toMatchObject({ code: 0, err: '' })
+        const lines = text.out.split('\n')
+        const timelineLines = lines.slice(lines.indexOf('timeline') + 1).filter((l) => l !== '')
+        // The `started` line, then every entry.
+        expect(timelineLines).toHaveLength(before.length + 1)
+        const marked = timelineLines.find((l) =>
+          l.includes(`event ${attempted.seq} cannot be read`),
+        )
+        expect(marked).toContain(`${attempted.kind}  ${attempted.step}`)
+        expect(marked).toContain(
+          `event ${attempted.seq} cannot be read (changed outside breakwater): ${column} ${problem}`,
+        )
+        expect(marked).toContain(column === 'at' ? '  (unreadable)  ' : 'attempt (unreadable)')
+        expect(text.out).not.toContain('NaN')
+        expect(text.out).not.toContain('Invalid')
+
+        // Read only: the rows are as they were edited.
+        expect(await stored()).toEqual(edited)
         // A step without an attempt (null) is read as none, as written.
         expect(before.some((e) => e.attempt === undefined)).toBe(true)
         await worker.stop()

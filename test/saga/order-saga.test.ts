@@ -90,7 +90,7 @@ describe.each(dbTargets)('the order saga on $dialect', (target) => {
       const kinds = (await getSagaTimeline(sagaDb.db, outcome.id)).map((e) =>
         e.step === undefined ? e.kind : `${e.kind}:${e.step}`,
       )
-      const compensations = kinds.filter((k) => k.startsWith('compensation-completed'))
+      const compensations = kinds.filter((k) => k?.startsWith('compensation-completed'))
       expect(compensations).toEqual(
         [...effects]
           .filter((e) => e === 'release' || e === 'refund')
