@@ -25,6 +25,7 @@ import {
   storedJson,
   storedNumber,
   storedSteps,
+  storedText,
   timelineEntryFromRow,
   unreadableColumns,
 } from './state.js'
@@ -129,7 +130,8 @@ export interface SagaSummary {
   /**
    * The columns of the row that cannot be read (`steps`, `step_index`, `attempt`, `version`,
    * `next_run_at`, `lease_expires_at`, `created_at`, `updated_at`, `finished_at`, and
-   * `reason` and `lease_owner` when not text: a row changed outside breakwater, which
+   * `reason` and `lease_owner` when not text (a blob of UTF-8 text reads as that text): a
+   * row changed outside breakwater, which
    * `getSaga` fails on naming the problem), undefined when every one can. The fields they
    * give are undefined then.
    */
@@ -199,10 +201,11 @@ export async function listSagas(
         steps === undefined || bad('step_index') ? undefined : steps[Number(row.step_index)]?.name,
       attempt: bad('attempt') ? undefined : Number(row.attempt),
       nextRunAt: read('next_run_at'),
-      // Not text (a blob on SQLite): failed the CLI's listing with a bare TypeError.
-      leaseOwner: bad('lease_owner') ? undefined : (row.lease_owner ?? undefined),
+      // Read as getSaga and the worker read them (a blob of UTF-8 text is that text); one that
+      // is not text failed the CLI's listing with a bare TypeError.
+      leaseOwner: bad('lease_owner') ? undefined : storedText(row, 'lease_owner'),
       leaseExpiresAt: read('lease_expires_at'),
-      reason: bad('reason') ? undefined : (row.reason ?? undefined),
+      reason: bad('reason') ? undefined : storedText(row, 'reason'),
       createdAt: read('created_at'),
       updatedAt: read('updated_at'),
       finishedAt: read('finished_at'),
@@ -227,7 +230,8 @@ export async function listSagas(
  * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
  * `cancel_requested` a worker would refuse, a version or time that is not a whole number from
  * 1 or 0, a `lease_token` that is not one from 0, a `reason` or `lease_owner` that is not
- * text) fails with `StoredDataError`
+ * text, or a blob that is not UTF-8 text without NUL, which is read as that text) fails with
+ * `StoredDataError`
  * (`STORED_DATA_INVALID`) naming the saga and the column,
  * never shown as NaN, an Invalid Date or a wrong flag.
  */

@@ -36,6 +36,7 @@ import {
   storedCancelRequested,
   storedIndex,
   storedState,
+  storedText,
 } from './state.js'
 import {
   type BatchOutcome,
@@ -168,10 +169,12 @@ export class InstanceRun {
     this.#steps = steps
     this.#stepIndex = storedIndex(row, steps.length, saga.key)
     this.#attempt = storedCounters(row).attempt
+    // Handed to compensations as `ctx.reason` and written back with every transition: a blob
+    // (SQLite) came as a Buffer, and its write threw, so the compensation ran at every lease.
+    this.#reason = storedText(row, 'reason') ?? null
     // Last: the worker reports a token it cannot fence by after any other column (see
     // claimedLeaseToken), so a row with both is reported for both, once each.
     this.token = claimedLeaseToken(row)
-    this.#reason = row.reason
     this.#cancelFlag = row.cancel_requested
     this.#previousOwner = row.previous_owner
     // The lease end the claim took over. One changed outside breakwater (text, a blob, a

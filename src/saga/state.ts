@@ -507,15 +507,48 @@ function storedLeaseToken(row: Pick<SagaRow, 'id' | 'lease_token'>): number {
 export type SagaOptionalTextColumn = 'reason' | 'lease_owner'
 
 /**
- * A row's `reason` or `lease_owner`: text, or undefined for NULL. Anything else (a blob SQLite
- * keeps in a TEXT column, read as a Buffer) fails with StoredDataError naming the saga and the
- * column: handed on, it failed `saga list` and `saga show` with a bare TypeError.
+ * A row's `reason` or `lease_owner`, as the worker and the admin readers read them: text, or
+ * undefined for NULL. A blob (SQLite keeps one in a TEXT column, read as a Buffer: bytes
+ * written by another tool, an older version or bad input) is read as the text it encodes when
+ * PostgreSQL would have stored the same bytes as text: UTF-8 without NUL, decoded exactly
+ * (see {@link blobText}). Anything else fails with StoredDataError naming the saga and the
+ * column, never decoded with a loss: a Buffer reached compensations as `ctx.reason`, the write
+ * after it threw a bare TypeError, and the compensation ran again at every lease; handed to
+ * the CLI, it failed `saga list` and `saga show` with a bare TypeError.
  */
 export function storedText(
   row: Pick<SagaRow, 'id' | SagaOptionalTextColumn>,
   column: SagaOptionalTextColumn,
 ): string | undefined {
-  return readStoredText(row[column], instancePlace(row, column))
+  const value: unknown = row[column]
+  const where = instancePlace(row, column)
+  return value instanceof Uint8Array ? blobText(value, where) : readStoredText(value, where)
+}
+
+// Fatal: a byte sequence that is not UTF-8 is refused rather than read as U+FFFD. The BOM is
+// kept, as PostgreSQL keeps it.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+
+/**
+ * The text a blob in a TEXT column encodes, when PostgreSQL's text would take the same bytes
+ * (a Buffer parameter is stored there as its UTF-8 text; bytes that are not UTF-8, or hold
+ * NUL, are refused with 22021): so the same value reads the same on both databases. Any other
+ * blob is StoredDataError at `where`, showing its first bytes: decoded, its invalid bytes would
+ * become U+FFFD, and a NUL would be stored back as `\0` (see storedReason), each written over
+ * the original at the instance's next write.
+ */
+function blobText(bytes: Uint8Array, where: () => StoredPlace): string {
+  const hex = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, 16)).toString(
+    'hex',
+  )
+  const blob = `a blob of ${bytes.length} bytes (X'${hex}'${bytes.length > 16 ? '…' : ''})`
+  if (bytes.includes(0))
+    throw new StoredDataError(where(), `is ${blob} holding NUL, not text (no text holds NUL)`)
+  try {
+    return utf8.decode(bytes)
+  } catch (error) {
+    throw new StoredDataError(where(), `is ${blob}, not UTF-8 text`, error)
+  }
 }
 
 /**

@@ -38,7 +38,7 @@ import { checkSagaOptions } from './options.js'
 import { claimedLeaseToken, InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import { checkSagaId, initialSteps, refuseOtherSaga, serializeInput } from './start.js'
-import { errorInfo, type SagaRow, type SagaStatus, storedState } from './state.js'
+import { errorInfo, type SagaRow, type SagaStatus, storedState, storedText } from './state.js'
 import {
   type BatchOutcome,
   type CommitWork,
@@ -852,7 +852,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   async #stored<C>(id: string, created: boolean, started?: CompiledSaga): Promise<SagaOutcome<C>> {
     // The row, not getSaga: a run given up on a cancel_requested, attempt or step_index it
     // cannot read (reported, the instance held) still resolves with what is stored; getSaga
-    // refuses such a row. Its JSON columns are still read as getSaga reads them.
+    // refuses such a row. Its JSON columns and reason are still read as getSaga reads them.
     const [row] = await this.db.query<SagaRow>(sagaStatements[this.db.dialect].selectOne, [id])
     if (started !== undefined) refuseOtherSaga(id, started, row)
     return {
@@ -860,7 +860,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       created,
       status: (row?.status ?? 'running') as SagaStatus,
       context: (row === undefined ? {} : storedState(row).context) as Partial<C>,
-      reason: row?.reason ?? undefined,
+      reason: row === undefined ? undefined : storedText(row, 'reason'),
     }
   }
 
