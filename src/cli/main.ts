@@ -10,7 +10,7 @@ import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.
 import { redactSecrets } from '../observability/redact.js'
 import { type HeldSignals, holdSignals } from './held-signals.js'
-import { takeHeldAtStart } from './signals-at-start.js'
+import { commandFinished, takeHeldAtStart } from './signals-at-start.js'
 import { StartupError } from './startup-error.js'
 import { packageVersion, wantsHelp } from './usage.js'
 
@@ -187,3 +187,7 @@ try {
     process.exitCode = 1
   }
 }
+
+// The exit code is decided: a SIGTERM or Ctrl-C while what is still open lets the process end
+// ends it with that code (see signals-at-start.ts), not as a cut-short command.
+commandFinished()

@@ -32,3 +32,33 @@ export function takeHeldAtStart(): HeldSignals | undefined {
   heldAtStart = undefined
   return held
 }
+
+// After the command has finished and its exit code is decided, the process ends once what is
+// still open lets it (sockets closing, a user's saga module with a timer it never clears). A
+// SIGTERM or Ctrl-C then found no listener and got its default action, 143 or 130, as if the
+// work had been cut short. This listener, on from the start, ends the process with the
+// command's code then. It is on from the start, not added at the end, because a signal the OS
+// delivered while the command's own handler was still on, but dispatched after that handler
+// was removed, is dropped when no listener is left in between (the process then lingers).
+// Until the command has finished it stands aside: when it is the only listener, nothing else
+// takes the signal (a command without a graceful stop, `migrate`; one whose handlers are not
+// on), so it gives the signal its default action, as if it were not there.
+let finished = false
+function afterFinish(signal: NodeJS.Signals): void {
+  if (finished) process.exit()
+  else if (process.listenerCount(signal) === 1) {
+    process.off('SIGTERM', afterFinish)
+    process.off('SIGINT', afterFinish)
+    process.kill(process.pid, signal)
+  }
+}
+process.on('SIGTERM', afterFinish)
+process.on('SIGINT', afterFinish)
+
+/**
+ * Marks the command finished, its code in `process.exitCode`: a SIGTERM or SIGINT from now on
+ * ends the process with that code at once.
+ */
+export function commandFinished(): void {
+  finished = true
+}
