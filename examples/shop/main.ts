@@ -97,7 +97,9 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   // The first signal ends the load and lets the system settle before it is judged; a second
   // one (Ctrl-C twice) stops waiting for the settle, and the demo still stops every process
   // and removes its files; a third ends the process where it stands, killing its processes
-  // and removing its files first. The handlers stay until the clean-up is over: without
+  // and removing its files first. SIGHUP (the terminal closed, an ssh session dropped) counts
+  // as one of them: its default action left nine processes and their files behind. The
+  // handlers stay until the clean-up is over: without
   // them, a signal during it would end the process with both left behind.
   let abandon: () => void = () => {}
   const stopSignal = new AbortController()
@@ -121,6 +123,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   // the turn it calls this function (src/cli/demo.ts).
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  process.on('SIGHUP', onSignal)
   try {
     write(
       `breakwater shop demo: starting 9 processes on ${options.db ? 'PostgreSQL' : 'SQLite'} + ${
@@ -269,6 +272,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
+      process.off('SIGHUP', onSignal)
     }
   }
 }

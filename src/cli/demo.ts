@@ -459,8 +459,8 @@ async function runShop(
   } catch (error) {
     return fail(`the shop is not built (${messageOf(error)}); run \`npm run build\` first`)
   }
-  const stopped = (): number => {
-    write(`stopped by ${String(held.signal.reason)} before the shop started; nothing was started`)
+  const stopped = (signal = String(held.signal.reason)): number => {
+    write(`stopped by ${signal} before the shop started; nothing was started`)
     return 0
   }
   if (held.signal.aborted) return stopped()
@@ -472,8 +472,10 @@ async function runShop(
   const { json, ...options } = parsedOptions
   let result: { ok: boolean }
   try {
-    // runShopDemo installs its SIGTERM and SIGINT handlers as it is called, before its first
-    // await: handed over in the same turn, no signal falls between the two.
+    // The shop stops on SIGHUP as on SIGTERM: one held while the demo loaded stops it here.
+    if (held.takeHangup()) return stopped('SIGHUP')
+    // runShopDemo installs its SIGTERM, SIGINT and SIGHUP handlers as it is called, before its
+    // first await: handed over in the same turn, no signal falls between the two.
     const running = runShopDemo({ ...options, write })
     held.handOver()
     result = await running

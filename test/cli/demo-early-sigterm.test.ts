@@ -56,6 +56,26 @@ describe('breakwater demo: a signal before the shop starts', () => {
     expect(signals.listenerCount('SIGINT')).toBe(0)
   })
 
+  it('a SIGHUP held while loading stops it too (the shop stops on SIGHUP), exit 0', async () => {
+    const out = captureStdout()
+    const signals = new EventEmitter()
+    const runs: unknown[] = []
+    const deps: DemoCommandDeps = {
+      signals: signals as unknown as SignalTarget,
+      loadShop: async () => async (options) => {
+        runs.push(options)
+        return { ok: true }
+      },
+    }
+    const run = demoCommand(['--quiet'], deps)
+    signals.emit('SIGHUP', 'SIGHUP')
+    expect(await run).toBe(0)
+    expect(runs).toEqual([])
+    expect(out()).toBe('stopped by SIGHUP before the shop started; nothing was started\n')
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'])
+      expect(signals.listenerCount(signal), signal).toBe(0)
+  })
+
   it('hands the signals over to the shop once it runs (its own handlers take them)', async () => {
     captureStdout()
     const signals = new EventEmitter()

@@ -73,6 +73,21 @@ describe('stopping the shop demo', () => {
     expect(readdirSync(temp).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
   }, 120_000)
 
+  // A closed terminal (or an ssh session that dropped) sends SIGHUP: its default action ended
+  // the demo where it stood, its nine processes and temporary SQLite files left behind.
+  it('a SIGHUP stops it as SIGTERM does, killing its processes and removing its files', async () => {
+    const own = mkdtempSync(join(temp, 'hup-'))
+    const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })
+    await dashboardOf(run)
+    expect(processesUsing(own).length).toBeGreaterThan(0)
+    run.stop('SIGHUP')
+    const { code, stdout, stderr, summary } = await run.done
+    expect(code, `${stdout}\n${stderr}`).not.toBeNull()
+    expect(stdout).toMatch(/^stopping:/m)
+    expect(summary, stdout).toBeDefined()
+    await expectNothingLeftIn(own)
+  }, 120_000)
+
   it('a third signal ends it where it stands, still killing its processes and removing its files', async () => {
     const own = mkdtempSync(join(temp, 'third-'))
     const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })

@@ -97,10 +97,10 @@ export interface DemoRun {
     summary: ShopSummary | undefined
   }>
   /**
-   * Asks it to stop (SIGTERM: it stops the load, settles and prints the summary; a second one
-   * stops waiting for the settle).
+   * Asks it to stop (SIGTERM, or `signal`: it stops the load, settles and prints the summary; a
+   * second one stops waiting for the settle).
    */
-  stop(): void
+  stop(signal?: NodeJS.Signals): void
 }
 
 /** Starts `breakwater demo <args> --json <file> --port 0` (with `env` added to its environment). */
@@ -162,7 +162,7 @@ export function startDemo(args: readonly string[], env: NodeJS.ProcessEnv = {}):
         else waiters.push({ pattern, resolve })
       }),
     done,
-    stop: () => child.kill('SIGTERM'),
+    stop: (signal = 'SIGTERM') => child.kill(signal),
   }
 }
 
