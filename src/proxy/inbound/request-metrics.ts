@@ -2,7 +2,7 @@
 // by the proxy itself (no route, an unknown service, a refusal, a body the client or the drain
 // cut), is counted once, by listener, route, service and the status its client was sent. One
 // place for the gateway, the ambassador and the listener's own refusals, so the Prometheus
-// series and the OpenTelemetry counter always agree.
+// series and the OpenTelemetry counter and histogram always agree.
 
 import { type Attributes, metrics as otel } from '@opentelemetry/api'
 import type { Clock } from '../../core/clock.js'
@@ -40,6 +40,9 @@ interface RequestSeries {
 
 type DurationLabels = { readonly listener: string; readonly route: string }
 
+/** Upper bounds (seconds) of the request duration buckets, Prometheus' and OpenTelemetry's. */
+const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
 // One set per registry: every listener, and every handler a reload creates, shares it.
 //
 // Requests are counted here and added to the Prometheus counter when the registry collects (each
@@ -58,7 +61,7 @@ export const listenerRequestMetrics = metricsPerRegistry((registry): ListenerReq
       name: 'breakwater_proxy_route_request_duration_seconds',
       help: 'Request time from the first byte read to the end of the response, by listener and route.',
       labelNames: ['listener', 'route'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      buckets: durationBuckets,
     }),
     series: new Map(),
     durationLabels: new Map(),
@@ -121,19 +124,34 @@ function mapIn<K, L, V>(outer: Map<K, Map<L, V>>, key: K): Map<L, V> {
   return inner
 }
 
-interface OtelCounter {
-  add(value: number, attributes?: Attributes): void
+/** The OpenTelemetry request instruments: the counter and the duration histogram. */
+interface OtelRequestInstruments {
+  readonly requests: { add(value: number, attributes?: Attributes): void }
+  readonly duration: { record(value: number, attributes?: Attributes): void }
 }
-let otelRequests: OtelCounter | undefined
-// Created on first use, not at import, so an SDK registered at startup is picked up.
-function otelRequestCounter(): OtelCounter {
-  if (otelRequests === undefined) {
-    otelRequests = otel.getMeter('breakwater').createCounter('breakwater.proxy.requests', {
-      description:
-        'Requests a proxy listener answered (attributes listener, route, service, status)',
-    })
+let otelInstruments: OtelRequestInstruments | undefined
+// Created on first use, not at import, so an SDK registered at startup is picked up. Without
+// one they are the API's no-op instruments, whose add and record are empty methods: a call
+// each per request (measured in the commit that added the histogram: not distinguishable).
+function otelRequestInstruments(): OtelRequestInstruments {
+  if (otelInstruments === undefined) {
+    const meter = otel.getMeter('breakwater')
+    otelInstruments = {
+      requests: meter.createCounter('breakwater.proxy.requests', {
+        description:
+          'Requests a proxy listener answered (attributes listener, route, service, status)',
+      }),
+      // Seconds, with the Prometheus histogram's buckets: the SDK's default ones (0 to 10 000)
+      // are made for milliseconds, and every breakwater duration is in seconds.
+      duration: meter.createHistogram('breakwater.proxy.request.duration', {
+        description:
+          'Request time from the first byte read to the end of the response, of the requests of breakwater.proxy.requests read far enough to be routed (same attributes)',
+        unit: 's',
+        advice: { explicitBucketBoundaries: durationBuckets },
+      }),
+    }
   }
-  return otelRequests
+  return otelInstruments
 }
 
 /** What {@link countRequest} needs of the listener's context. */
@@ -146,10 +164,11 @@ export interface RequestMetricsContext {
  * Counts one request a listener answered: `breakwater_proxy_route_requests_total` and the
  * OpenTelemetry counter `breakwater.proxy.requests` with the same labels, and, when the request
  * was read far enough to have a start time (`startedAt`, on the context clock), its duration in
- * `breakwater_proxy_route_request_duration_seconds`. `route` is `''` when no route was
- * matched, `service` `''` when no service was called. The Prometheus counter takes the count at
- * the registry's next collection (every `render()` collects first); the OpenTelemetry counter
- * and the histogram at once.
+ * `breakwater_proxy_route_request_duration_seconds` and in the OpenTelemetry histogram
+ * `breakwater.proxy.request.duration` (seconds, the counter's attributes). `route` is `''` when
+ * no route was matched, `service` `''` when no service was called. The Prometheus counter takes
+ * the count at the registry's next collection (every `render()` collects first); the
+ * OpenTelemetry instruments and the Prometheus histogram at once.
  *
  * @example
  * ```ts
@@ -167,9 +186,11 @@ export function countRequest(
   const metrics = listenerRequestMetrics(ctx.metrics)
   const series = seriesOf(metrics, listener, route, service, status)
   series.pending++
-  otelRequestCounter().add(1, series.labels)
+  const otelRequests = otelRequestInstruments()
+  otelRequests.requests.add(1, series.labels)
   if (startedAt !== undefined) {
-    const labels = durationLabelsOf(metrics, listener, route)
-    metrics.duration.observe(labels, (ctx.clock.now() - startedAt) / 1000)
+    const seconds = (ctx.clock.now() - startedAt) / 1000
+    metrics.duration.observe(durationLabelsOf(metrics, listener, route), seconds)
+    otelRequests.duration.record(seconds, series.labels)
   }
 }

@@ -8,10 +8,11 @@ import { describe, expect, it } from 'vitest'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { countRequest, listenerRequestMetrics } from '../../../src/proxy/inbound/request-metrics.js'
 import { ManualClock } from '../../../src/testing/index.js'
-import { recordOtelCounters } from '../../support/otel-counters.js'
+import { recordOtelInstruments } from '../../support/otel-counters.js'
 
-// Registered before any count: the OpenTelemetry counter is created on first use.
-const recorded = recordOtelCounters()
+// Registered before any count: the OpenTelemetry instruments are created on first use.
+const otel = recordOtelInstruments()
+const recorded = otel.recorded
 
 const series = (labels: string) => `breakwater_proxy_route_requests_total{${labels}}`
 
@@ -43,24 +44,40 @@ describe('countRequest', () => {
     )
   })
 
-  it('records the duration and the OpenTelemetry count of each request at once', () => {
+  // The OpenTelemetry counter had no duration beside it, while Prometheus has its histogram:
+  // breakwater.proxy.request.duration takes the same requests, in seconds, with the counter's
+  // attributes, as the Prometheus histogram does (only those read far enough to have a start).
+  it('records the duration and the OpenTelemetry count and duration of each request at once', () => {
     const clock = new ManualClock(5_000)
     const ctx = { clock, metrics: createMetricsRegistry() }
     recorded.length = 0
     countRequest(ctx, 'in', 'orders', 'legacy', 503, 4_990)
-    countRequest(ctx, 'in', 'orders', 'legacy', 503, 4_990)
+    countRequest(ctx, 'in', 'orders', 'legacy', 503, 4_750)
+    countRequest(ctx, 'in', '', '', 400)
 
     const duration = listenerRequestMetrics(ctx.metrics).duration.get({
       listener: 'in',
       route: 'orders',
     })
     expect(duration.count).toBe(2)
-    expect(duration.sum).toBeCloseTo(0.02)
+    expect(duration.sum).toBeCloseTo(0.26)
     const attributes = { listener: 'in', route: 'orders', service: 'legacy', status: 503 }
     expect(recorded).toEqual([
       { name: 'breakwater.proxy.requests', value: 1, attributes },
+      { name: 'breakwater.proxy.request.duration', value: 0.01, attributes },
       { name: 'breakwater.proxy.requests', value: 1, attributes },
+      { name: 'breakwater.proxy.request.duration', value: 0.25, attributes },
+      {
+        name: 'breakwater.proxy.requests',
+        value: 1,
+        attributes: { listener: 'in', route: '', service: '', status: 400 },
+      },
     ])
+    const histogram = otel.created.find((c) => c.name === 'breakwater.proxy.request.duration')
+    expect(histogram).toMatchObject({ kind: 'histogram', options: { unit: 's' } })
+    // The Prometheus histogram's buckets (seconds), not the SDK's default ones, made for ms.
+    const bounds = duration.buckets.map((bucket) => bucket.le).filter(Number.isFinite)
+    expect(histogram?.options?.advice?.explicitBucketBoundaries).toEqual(bounds)
   })
 
   it('keeps the counts of two registries apart', async () => {
