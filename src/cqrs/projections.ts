@@ -44,32 +44,19 @@ export type TableDefinition = (
 ) => readonly string[]
 
 /**
- * A projection: folds events into SQL read-model tables. The same definition runs inline (in
- * the append's transaction, see `EventStoreOptions.inlineProjections`) or asynchronously (a
- * projector, see `createProjector`), and can be rebuilt from position 0.
- *
- * `apply` must only write through `context.tx` and `context.table(...)`, and must be
- * deterministic in the event (a rebuild must reach the same tables).
- *
- * @example
- * ```ts
- * const orderHistory = defineProjection<OrderEvent>({
- *   name: 'order-history',
- *   tables: {
- *     order_history: (t) => [
- *       `CREATE TABLE ${t} (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, total INTEGER NOT NULL)`,
- *     ],
- *   },
- *   async apply(event, { tx, table }) {
- *     if (event.type === 'order-placed')
- *       await tx.execute(`INSERT INTO ${table('order_history')} VALUES ($1, 'placed', $2)`, [
- *         event.stream, event.data.total,
- *       ])
- *   },
- * })
- * ```
+ * The members of the event union `E` a projection reading the types `T` can be handed: those
+ * whose `type` may be one of `T`. For members with a literal `type` this is
+ * `Extract<E, { type: T }>`; a member whose `type` is wider (`string`, as in `EventShape`) may
+ * carry one of `T` too, so it is kept where `Extract` would drop it.
  */
-export interface ProjectionDefinition<E extends EventShape = EventShape> {
+export type EventOfTypes<E extends EventShape, T extends string> = E extends EventShape
+  ? [E['type'] & T] extends [never]
+    ? never
+    : E
+  : never
+
+/** The fields of a projection that do not depend on the types it reads. */
+interface ProjectionFields {
   /** A unique name (`[a-z][a-z0-9_-]*`, at most 2048 characters): the key of its checkpoint. */
   readonly name: string
   /**
@@ -78,21 +65,87 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
    * and rebuilds use) to definition.
    */
   readonly tables: Readonly<Record<string, TableDefinition>>
-  /**
-   * The event types it reads; others are skipped (but still advance its checkpoint) and a
-   * projector does not upcast them, so an upcaster failing on them does not stop it. Without
-   * it the projection is a catch-all: every event is upcast and handed to `apply`. With a typed
-   * projection (`defineProjection<OrderEvent>`) only the types of `E` compile.
-   * @default every type
-   */
-  readonly eventTypes?: readonly E['type'][] | undefined
-  /**
-   * Applies one event to the read model. Typed by `E`, `switch (event.type)` narrows
-   * `event.data`; like a store's type parameter it is not checked against the log (a catch-all
-   * projection is handed every event the log holds).
-   */
-  apply(event: RecordedEvent<E>, context: ProjectionContext): Promise<void> | void
 }
+
+/**
+ * A projection: folds events into SQL read-model tables. The same definition runs inline (in
+ * the append's transaction, see `EventStoreOptions.inlineProjections`) or asynchronously (a
+ * projector, see `createProjector`), and can be rebuilt from position 0.
+ *
+ * `apply` must only write through `context.tx` and `context.table(...)`, and must be
+ * deterministic in the event (a rebuild must reach the same tables).
+ *
+ * `E` is the union of the events it may read (see `Event`); `T`, the types it reads, when it
+ * reads only some (its `eventTypes`): `apply` is then handed only the members of `E` of those
+ * types, and `eventTypes` is required (without it the projection would be handed every event,
+ * not only those of `T`). TypeScript infers no type argument once one is given, so `T` is
+ * written out beside `E`: `defineProjection<OrderEvent, 'order-placed' | 'order-shipped'>`.
+ *
+ * @example
+ * ```ts
+ * const orderHistory = defineProjection<OrderEvent, 'order-placed'>({
+ *   name: 'order-history',
+ *   eventTypes: ['order-placed'],
+ *   tables: {
+ *     order_history: (t) => [
+ *       `CREATE TABLE ${t} (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, total INTEGER NOT NULL)`,
+ *     ],
+ *   },
+ *   async apply(event, { tx, table }) {
+ *     // event: RecordedEvent<Extract<OrderEvent, { type: 'order-placed' }>>
+ *     await tx.execute(`INSERT INTO ${table('order_history')} VALUES ($1, 'placed', $2)`, [
+ *       event.stream, event.data.total,
+ *     ])
+ *   },
+ * })
+ * ```
+ */
+export type ProjectionDefinition<
+  E extends EventShape = EventShape,
+  // `never`, the default, stands for "T not given": the projection is typed by E alone. A
+  // default of E['type'] would make the test below depend on E, and a projection typed by a
+  // type parameter E (a generic helper's) would stay unresolved, leaving apply untyped.
+  T extends E['type'] = never,
+> = ProjectionFields &
+  // T not given: eventTypes may be left out (a catch-all) and apply is handed E, as before T
+  // existed (and E is still inferred from apply's parameter through this branch).
+  ([T] extends [never]
+    ? {
+        /**
+         * The event types it reads; others are skipped (but still advance its checkpoint) and
+         * a projector does not upcast them, so an upcaster failing on them does not stop it.
+         * Without it the projection is a catch-all: every event is upcast and handed to
+         * `apply`. With a typed projection (`defineProjection<OrderEvent>`) only the types of
+         * `E` compile.
+         * @default every type
+         */
+        readonly eventTypes?: readonly E['type'][] | undefined
+        /**
+         * Applies one event to the read model. Typed by `E`, `switch (event.type)` narrows
+         * `event.data`; like a store's type parameter it is not checked against the log (a
+         * catch-all projection is handed every event the log holds).
+         */
+        apply(event: RecordedEvent<E>, context: ProjectionContext): Promise<void> | void
+      }
+    : {
+        /**
+         * The event types it reads, all of them types of `T`: only their events are handed
+         * to `apply`. Others are skipped (but still advance its checkpoint) and a projector
+         * does not upcast them. Required: without it the projection would be handed every
+         * event, of types outside `T` too.
+         */
+        // NoInfer: T is the application's word, never taken from what the list holds.
+        readonly eventTypes: readonly NoInfer<T>[]
+        /**
+         * Applies one event of the types `T` to the read model: it is handed only the members
+         * of `E` of those types (see {@link EventOfTypes}), and `switch (event.type)` narrows
+         * `event.data` among them. Not checked against the log, as a store's type is not.
+         */
+        apply(
+          event: RecordedEvent<EventOfTypes<E, T>>,
+          context: ProjectionContext,
+        ): Promise<void> | void
+      })
 
 const namePattern = /^[a-z][a-z0-9_-]*$/
 // The longest checkpoint name (maxKeyBytes in event-store.ts; not imported from there, which
@@ -158,9 +211,9 @@ export function validateProjection(at: string, projection: unknown): ProjectionD
  * Declares a projection (validated now, so a mistake fails at startup, an unknown (misspelt)
  * field with `InvalidOptionError` (`INVALID_OPTION`) too). See {@link ProjectionDefinition}.
  */
-export function defineProjection<E extends EventShape = EventShape>(
-  definition: ProjectionDefinition<E>,
-): ProjectionDefinition<E> {
+export function defineProjection<E extends EventShape = EventShape, T extends E['type'] = never>(
+  definition: ProjectionDefinition<E, T>,
+): ProjectionDefinition<E, T> {
   validateProjection('projection', definition)
   return definition
 }

@@ -169,6 +169,60 @@ describe('cqrs event types', () => {
     expect(typeof unsent).toBe('function')
   })
 
+  it("a projection typed with its eventTypes is handed only those types' events", () => {
+    type ItemAdded = Extract<CartEvent, { type: 'item-added' }>
+    const placedAndAdded = defineProjection<AppEvent, 'order-placed' | 'item-added'>({
+      name: 'placed-and-added',
+      eventTypes: ['order-placed', 'item-added'],
+      tables: {},
+      apply(event) {
+        expectTypeOf(event).toEqualTypeOf<RecordedEvent<OrderPlaced | ItemAdded>>()
+        // @ts-expect-error order-cancelled is not among its eventTypes: it is never handed one
+        if (event.type === 'order-cancelled') return
+        if (event.type === 'order-placed') expectTypeOf(event.data.total).toBeNumber()
+        else expectTypeOf(event.data.sku).toBeString()
+      },
+    })
+    expectTypeOf(placedAndAdded).toExtend<ProjectionDefinition<AppEvent>>()
+    const refused = (): unknown => [
+      defineProjection<AppEvent, 'order-placed'>({
+        name: 'p',
+        // @ts-expect-error item-added is not among the types the projection is typed by
+        eventTypes: ['order-placed', 'item-added'],
+        tables: {},
+        apply() {},
+      }),
+      // @ts-expect-error without eventTypes it is a catch-all, handed every type, not only T
+      defineProjection<AppEvent, 'order-placed'>({ name: 'p', tables: {}, apply() {} }),
+    ]
+    expect(typeof refused).toBe('function')
+    // A member whose type is a wider string may carry one of the types: it is kept, not dropped
+    // (Extract would drop it, and apply would be typed as never being handed what it is).
+    defineProjection<OrderPlaced | EventShape, 'x'>({
+      name: 'p',
+      eventTypes: ['x'],
+      tables: {},
+      apply(event) {
+        expectTypeOf(event).toEqualTypeOf<RecordedEvent<EventShape>>()
+      },
+    })
+    // Typed by the union alone, apply is handed all of it, as before.
+    defineProjection<AppEvent>({
+      name: 'p',
+      eventTypes: ['order-placed'],
+      tables: {},
+      apply(event) {
+        expectTypeOf(event).toEqualTypeOf<RecordedEvent<AppEvent>>()
+      },
+    })
+    // It goes where any projection goes.
+    const unsent = (store: EventStore<AppEvent>): unknown => [
+      createProjector(store, placedAndAdded),
+      createEventStore<AppEvent>(store.db, { inlineProjections: [placedAndAdded] }),
+    ]
+    expect(typeof unsent).toBe('function')
+  })
+
   it('a typed decider checks decide and narrows evolve', () => {
     type Command = { kind: 'place'; total: number } | { kind: 'cancel' }
     interface Order {
