@@ -32,6 +32,7 @@ export { createEventStore } from './event-store.js'
 export type { CqrsEvents } from './events.js'
 export { cqrsChannelNames } from './events.js'
 export type {
+  EventOfTypes,
   ProjectionContext,
   ProjectionDefinition,
   TableDefinition,

@@ -11,6 +11,7 @@ import {
   type Decider,
   defineProjection,
   type Event,
+  type EventOfTypes,
   type EventShape,
   type EventStore,
   type ProjectionDefinition,
@@ -184,6 +185,9 @@ describe('cqrs event types', () => {
       },
     })
     expectTypeOf(placedAndAdded).toExtend<ProjectionDefinition<AppEvent>>()
+    expectTypeOf<EventOfTypes<AppEvent, 'order-placed' | 'item-added'>>().toEqualTypeOf<
+      OrderPlaced | ItemAdded
+    >()
     const refused = (): unknown => [
       defineProjection<AppEvent, 'order-placed'>({
         name: 'p',
