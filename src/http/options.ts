@@ -29,8 +29,9 @@ export interface HttpServiceOptions {
    */
   readonly baseUrl: string
   /**
-   * How long opening a connection (TCP and TLS) may take. Enforced by undici, whose timers
-   * have a resolution of about half a second. `Infinity` disables it.
+   * How long opening a connection (TCP and TLS) may take, timed on the service's `clock`; a
+   * connect not done in time fails with undici's `ConnectTimeoutError`
+   * (`UND_ERR_CONNECT_TIMEOUT`) and its socket is closed. `Infinity` disables it.
    * @default 5_000
    */
   readonly connectTimeoutMs?: number | undefined
@@ -135,7 +136,7 @@ export interface HttpServiceOptions {
    */
   readonly maxResponseBytes?: number | undefined
   /**
-   * The clock of the service's policies and of the headers and body timeouts.
+   * The clock of the service's policies and of the connect, headers and body timeouts.
    * @default the client's clock
    */
   readonly clock?: Clock | undefined

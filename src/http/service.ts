@@ -38,6 +38,7 @@ import { type AbortListener, listenToSignal, unlistenToSignal } from '../policie
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { retryWithDeadlineReserve } from '../policies/retry.js'
+import { clockedConnector } from './connector.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import {
@@ -382,7 +383,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.dispatcher = new Pool(this.#base.origin, {
       connections,
       pipelining: 1,
-      connectTimeout: connectTimeoutMs === Number.POSITIVE_INFINITY ? 0 : connectTimeoutMs,
+      // The connect timeout runs on the service's clock too (see clockedConnector): undici's
+      // fired up to a second late.
+      connect: clockedConnector(clock, connectTimeoutMs),
       // The headers and body timeouts run on the service's clock (see Exchange).
       headersTimeout: 0,
       bodyTimeout: 0,
