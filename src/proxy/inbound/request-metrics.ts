@@ -131,8 +131,10 @@ interface OtelRequestInstruments {
 }
 let otelInstruments: OtelRequestInstruments | undefined
 // Created on first use, not at import, so an SDK registered at startup is picked up. Without
-// one they are the API's no-op instruments, whose add and record are empty methods: a call
-// each per request (measured in the commit that added the histogram: not distinguishable).
+// one they are the API's no-op instruments, whose add and record are empty methods TurboFan
+// inlines into countRequest. The histogram's record added 10 to 60 instructions to about
+// 5,000 per countRequest (callgrind, no SDK), under 0.05% of a request's 130,000; testing for
+// the no-op instance to skip the call saved none of them, so it is not done.
 function otelRequestInstruments(): OtelRequestInstruments {
   if (otelInstruments === undefined) {
     const meter = otel.getMeter('breakwater')
