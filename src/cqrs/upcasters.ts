@@ -1,6 +1,7 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject, isDroppedPromise } from '../core/validate.js'
 import { UpcastError } from './errors.js'
+import type { EventShape } from './types.js'
 
 /**
  * One step of an event type's schema evolution: turns the data of `type` at schema version
@@ -8,31 +9,43 @@ import { UpcastError } from './errors.js'
  * read (streams, `readAll`, subscriptions, projections, command handlers) runs the chain of
  * steps from the stored version to the current one.
  *
+ * Typed, `E` is what the step produces, as events (see `Event`): for the last step of a chain,
+ * the application's union (`Upcaster<OrderEvent, PlacedV2>`), so `type` must be one of its
+ * types and `upcast` must return that type's data; for an earlier step, an event of the
+ * version it produces (`Upcaster<Event<'order-placed', PlacedV2>, PlacedV1>`). `From` is the
+ * stored data it reads (the default, `unknown`, leaves it to the step to check). Like the
+ * store's type, neither is checked at run time, and the store does not check that a chain ends
+ * in its union: which step is the last is only known from the versions, at run time.
+ *
  * @example
  * ```ts
  * // v1 stored `amount` in cents as a string; v2 holds a number and a currency.
- * const placedV1toV2: Upcaster = {
- *   type: 'order-placed',
+ * type PriceEvent = Event<'price-set', { amount: number; currency: string }>
+ * const priceV1toV2: Upcaster<PriceEvent, { amount: string }> = {
+ *   type: 'price-set',
  *   fromVersion: 1,
- *   upcast: (data) => {
- *     const old = data as { amount: string }
- *     return { amount: Number(old.amount), currency: 'EUR' }
- *   },
+ *   upcast: (data) => ({ amount: Number(data.amount), currency: 'EUR' }),
  * }
  * ```
  */
-export interface Upcaster {
-  /** The event type this step reads. */
-  readonly type: string
-  /** The schema version it reads; it returns the data of version `fromVersion + 1`. */
-  readonly fromVersion: number
-  /**
-   * Returns the new data, synchronously (not `undefined` nor a promise: either fails the read
-   * with `UpcastError`). Must be pure (it runs on every read) and must not mutate its input.
-   * `metadata` is the event's metadata, for steps that need it.
-   */
-  upcast(data: unknown, metadata: Readonly<Record<string, unknown>>): unknown
-}
+// Distributed over E, so that an object literal with a `type` of the union is checked against
+// that member's data (and a type outside the union against none).
+export type Upcaster<E extends EventShape = EventShape, From = unknown> = E extends EventShape
+  ? {
+      /** The event type this step reads. */
+      readonly type: E['type']
+      /** The schema version it reads; it returns the data of version `fromVersion + 1`. */
+      readonly fromVersion: number
+      /**
+       * Returns the new data, synchronously (not `undefined` nor a promise: either fails the
+       * read with `UpcastError`). Must be pure (it runs on every read) and must not mutate its
+       * input. `metadata` is the event's metadata, for steps that need it.
+       */
+      // A method, not a function property: a typed step (its `data: From`) is then still an
+      // untyped `Upcaster`, which is what the store takes.
+      upcast(data: From, metadata: Readonly<Record<string, unknown>>): E['data']
+    }
+  : never
 
 /** The upcasters of an event store, indexed for reads and for the current version per type. */
 export class UpcasterChain {

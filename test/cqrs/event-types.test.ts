@@ -16,6 +16,7 @@ import {
   type EventStore,
   type ProjectionDefinition,
   type RecordedEvent,
+  type Upcaster,
 } from '../../src/cqrs/index.js'
 import { sqliteDb, useTestDb } from './databases.js'
 
@@ -227,6 +228,64 @@ describe('cqrs event types', () => {
     expect(typeof unsent).toBe('function')
   })
 
+  it('an upcaster is typed by the events it produces and the data it reads', () => {
+    // order-placed v2 stored the total as a string of cents; v3 is OrderPlaced's data.
+    type PlacedV2 = { readonly cents: string }
+    const placedV2: Upcaster<OrderEvent, PlacedV2> = {
+      type: 'order-placed',
+      fromVersion: 2,
+      upcast: (data) => {
+        expectTypeOf(data).toEqualTypeOf<PlacedV2>()
+        return { total: Number(data.cents) / 100, lines: [] }
+      },
+    }
+    // An earlier step produces an older version: typed by an event of that version's data.
+    const placedV1: Upcaster<Event<'order-placed', PlacedV2>, { readonly amount: number }> = {
+      type: 'order-placed',
+      fromVersion: 1,
+      upcast: (data) => ({ cents: String(data.amount * 100) }),
+    }
+    const refused = (): unknown => {
+      const outside: Upcaster<OrderEvent, PlacedV2> = {
+        // @ts-expect-error order-shipped is not an OrderEvent
+        type: 'order-shipped',
+        fromVersion: 2,
+        upcast: () => ({ total: 1, lines: [] }),
+      }
+      const wrongData: Upcaster<OrderEvent, PlacedV2> = {
+        type: 'order-placed',
+        fromVersion: 2,
+        // @ts-expect-error total is a number
+        upcast: (data) => ({ total: data.cents, lines: [] }),
+      }
+      // @ts-expect-error the data of order-cancelled, not of order-placed
+      const otherTypesData: Upcaster<OrderEvent, PlacedV2> = {
+        type: 'order-placed',
+        fromVersion: 2,
+        upcast: () => ({ reason: 'x' }),
+      }
+      const missing: Upcaster<OrderEvent, PlacedV2> = {
+        type: 'order-placed',
+        fromVersion: 2,
+        // @ts-expect-error lines is missing
+        upcast: (data) => ({ total: Number(data.cents) }),
+      }
+      return [outside, wrongData, otherTypesData, missing]
+    }
+    expect(typeof refused).toBe('function')
+    // Untyped, as before: any type, data unknown in and out.
+    const untyped: Upcaster = { type: 'x', fromVersion: 1, upcast: (data) => data }
+    expectTypeOf(untyped.type).toBeString()
+    expectTypeOf(untyped.upcast).parameter(0).toBeUnknown()
+    expectTypeOf(untyped.upcast).returns.toBeUnknown()
+    // Typed ones go where upcasters go.
+    const unsent = (store: EventStore<AppEvent>): unknown => [
+      createEventStore<OrderEvent>(store.db, { upcasters: [placedV1, placedV2, untyped] }),
+      createEventStore(store.db, { upcasters: [placedV2] }),
+    ]
+    expect(typeof unsent).toBe('function')
+  })
+
   it('a typed decider checks decide and narrows evolve', () => {
     type Command = { kind: 'place'; total: number } | { kind: 'cancel' }
     interface Order {
@@ -285,6 +344,21 @@ describe('cqrs event types', () => {
       // The same rows through an untyped store over the same database.
       const plain = await createEventStore(t.db).readStream('order-1')
       expect(plain.events).toEqual(events)
+    })
+
+    it('a typed upcaster reads an old event up into the union', async () => {
+      const placedV1: Upcaster<OrderEvent, { readonly cents: string }> = {
+        type: 'order-placed',
+        fromVersion: 1,
+        upcast: (data) => ({ total: Number(data.cents) / 100, lines: ['v1'] }),
+      }
+      await createEventStore(t.db).append('order-old', [
+        { type: 'order-placed', data: { cents: '4200' }, schemaVersion: 1 },
+      ])
+      const store = createEventStore<OrderEvent>(t.db, { upcasters: [placedV1] })
+      const { events } = await store.readStream('order-old')
+      expect(events.map(describeOrder)).toEqual(['placed 42 (v1)'])
+      expect(events[0]!.schemaVersion).toBe(2)
     })
   })
 })
