@@ -14,11 +14,18 @@ import type { Clock, TimerHandle } from '../core/clock.js'
  * `timeoutMs` on `clock` (TLS handshake included: undici reports a TLS socket once secure)
  * with undici's own `ConnectTimeoutError` (`UND_ERR_CONNECT_TIMEOUT`, same message), and
  * destroys its socket. The timer is cleared as soon as the connect succeeds or fails.
- * `Infinity`: no timer, a connect may take as long as the kernel lets it.
+ * `Infinity`: no timer, a connect may take as long as the kernel lets it. `options` are what
+ * the Pool's `connect` option would otherwise carry (TLS material, `servername`,
+ * `rejectUnauthorized`, ...), handed to undici's `buildConnector` as they are; their
+ * `timeout`, if any, is overridden.
  */
-export function clockedConnector(clock: Clock, timeoutMs: number): buildConnector.connector {
+export function clockedConnector(
+  clock: Clock,
+  timeoutMs: number,
+  options: buildConnector.BuildOptions = {},
+): buildConnector.connector {
   // undici's own timer off (0): this one replaces it.
-  const connect = buildConnector({ timeout: 0 })
+  const connect = buildConnector({ ...options, timeout: 0 })
   if (timeoutMs === Number.POSITIVE_INFINITY) return connect
   return (options, callback) => {
     let settled = false

@@ -6,6 +6,7 @@ import { createHttpClient, type HttpClient } from '../../src/http/index.js'
 import { withDeadline } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { startSilentServer } from '../support/silent-server.js'
+import { track } from '../support/track.js'
 import { unacceptingListener } from '../support/unaccepting-listener.js'
 import { closedPort, startServer, until } from './servers.js'
 
@@ -36,21 +37,6 @@ function clientOn(baseUrl: string, clock: ManualClock, connectTimeoutMs: number)
   })
   cleanup.push(() => client.service('svc').dispatcher.destroy())
   return client
-}
-
-/** A call's outcome, readable at any moment without waiting for it. */
-function track(call: Promise<unknown>): { settled: boolean; error: unknown } {
-  const state = { settled: false, error: undefined as unknown }
-  call.then(
-    () => {
-      state.settled = true
-    },
-    (error: unknown) => {
-      state.settled = true
-      state.error = error
-    },
-  )
-  return state
 }
 
 /**

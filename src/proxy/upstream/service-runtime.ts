@@ -5,6 +5,7 @@ import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
+import { clockedConnector } from '../../http/connector.js'
 import { idempotentMethods } from '../../http/methods.js'
 import { httpTokenPattern } from '../../http/token.js'
 import {
@@ -334,7 +335,10 @@ class Core {
     const pool = new Pool(endpoint.url, {
       connections: this.config.bulkhead.connectionsPerEndpoint,
       pipelining: 1,
-      connect: { timeout: this.connectMs, ...tlsOptions },
+      // The connect timeout on the service's clock, as the attempt's own: undici's fires up to
+      // a second late, and until then the connect (one the attempt already gave up on
+      // included) holds a slot of the endpoint's pool. The TLS options go to undici as before.
+      connect: clockedConnector(this.clock, this.connectMs, tlsOptions),
       // Timeouts run on the service's clock in the handler; undici's own are off.
       headersTimeout: 0,
       bodyTimeout: 0,
