@@ -32,6 +32,7 @@ import {
   type SagaRow,
   type SagaStatus,
   type StepState,
+  saidOwner,
   storedAttempt,
   storedCancelRequested,
   storedIndex,
@@ -176,7 +177,9 @@ export class InstanceRun {
     // claimedLeaseToken), so a row with both is reported for both, once each.
     this.token = claimedLeaseToken(row)
     this.#cancelFlag = row.cancel_requested
-    this.#previousOwner = row.previous_owner
+    // Said in the `recovered` event and the timeline: a blob (SQLite) came as a Buffer and was
+    // written there as {"type":"Buffer",...}.
+    this.#previousOwner = saidOwner(row.previous_owner)
     // The lease end the claim took over. One changed outside breakwater (text, a blob, a
     // negative number: the claim now takes it as run out, 343d3dc) gives no recovery time,
     // rather than NaN or the whole epoch.

@@ -552,6 +552,28 @@ function blobText(bytes: Uint8Array, where: () => StoredPlace): string {
 }
 
 /**
+ * The owner of a lease that ran out (`previous_owner`), as the worker that takes the instance
+ * over says it (the `recovered` event, the timeline's `lease-expired` entry): only said, never
+ * acted on, so it never holds the instance. A blob SQLite keeps there (bytes written by another
+ * tool) is read as its text when PostgreSQL's text would take the same bytes, else named as a
+ * blob literal, `X'…'` (its first 32 bytes); null when there was no owner.
+ */
+export function saidOwner(value: unknown): string | null {
+  if (value === null || value === undefined) return null
+  if (typeof value === 'string') return value
+  if (!(value instanceof Uint8Array)) return String(value)
+  if (!value.includes(0)) {
+    try {
+      return utf8.decode(value)
+    } catch {
+      // Not UTF-8: named below.
+    }
+  }
+  const shown = Buffer.from(value.buffer, value.byteOffset, Math.min(value.length, 32))
+  return `X'${shown.toString('hex')}'${value.length > 32 ? '…' : ''}`
+}
+
+/**
  * The value of a TEXT column that may be NULL: text, or undefined for NULL. Anything else (a blob
  * SQLite keeps in a TEXT column, read as a Buffer) is StoredDataError at `where`.
  */
