@@ -5,7 +5,7 @@
 // close after their in-flight work (ServiceRuntime.close waits for it). Listener sockets
 // survive a reload unless their host, port or TLS files changed.
 
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
 import { resolve } from 'node:path'
 import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
@@ -1079,11 +1079,11 @@ class ProxyRuntime implements ProxyInternals {
       }
       // A listener a reload removed, still draining: the client reconnects, and finds the
       // listeners in force.
-      sendRemoved(res, 503, 'LISTENER_REMOVED')
+      sendListenerProblem(res, 503, 'LISTENER_REMOVED', listenerRemovedDetail)
       removed({
         status: 503,
         code: 'LISTENER_REMOVED',
-        detail: 'this listener was removed by a config reload',
+        detail: listenerRemovedDetail,
         remote: req.socket.remoteAddress,
       })
     }
@@ -1325,10 +1325,23 @@ interface AdminServerLike {
   close(): Promise<void>
 }
 
-// The status and code are passed as written so the error-code registry test sees them.
-function sendRemoved(res: ServerResponse, status: 503, code: 'LISTENER_REMOVED'): void {
+// One text for the answer's detail and its `request refused` line: the client is told what
+// the operator reads.
+const listenerRemovedDetail = 'this listener was removed by a config reload'
+
+// A problem the runtime answers for a listener that has no handler in force, with its detail as
+// every other refusal of the proxy has one, and `Connection: close`. The status and code are
+// passed as written so the error-code registry test sees them.
+function sendListenerProblem(
+  res: ServerResponse,
+  status: 503,
+  code: 'LISTENER_REMOVED',
+  detail: string,
+): void {
   res.writeHead(status, { 'content-type': 'application/problem+json', connection: 'close' })
-  res.end(JSON.stringify({ type: 'about:blank', title: 'Service Unavailable', status, code }))
+  res.end(
+    JSON.stringify({ type: 'about:blank', title: STATUS_CODES[status], status, code, detail }),
+  )
 }
 
 function checkBoolean(option: string, value: unknown): boolean {

@@ -118,6 +118,15 @@ async function heldTlsConnection(port: number) {
   }
 }
 
+/** The problem+json body of the response `text` (its one JSON object, however it is framed). */
+function problemIn(text: string): Record<string, unknown> {
+  const body = text.slice(text.indexOf('\r\n\r\n'))
+  return JSON.parse(body.slice(body.indexOf('{'), body.lastIndexOf('}') + 1)) as Record<
+    string,
+    unknown
+  >
+}
+
 describe('a request on a listener a reload removed', () => {
   it('is answered 503 LISTENER_REMOVED with Connection: close', async () => {
     const proxy: RunningProxy = await startProxy({
@@ -135,7 +144,15 @@ describe('a request on a listener a reload removed', () => {
       const text = held.text()
       expect(text).toMatch(/^HTTP\/1\.1 503 /)
       expect(text.toLowerCase()).toContain('connection: close')
-      expect(text).toContain('"code":"LISTENER_REMOVED"')
+      // A problem as the listener's other refusals are: its detail says why, as its log line
+      // does (see the test below).
+      expect(problemIn(text)).toEqual({
+        type: 'about:blank',
+        title: 'Service Unavailable',
+        status: 503,
+        code: 'LISTENER_REMOVED',
+        detail: 'this listener was removed by a config reload',
+      })
     } finally {
       await proxy.close(0)
     }
@@ -180,6 +197,9 @@ describe('a request on a listener a reload removed', () => {
         'PROXY_DRAINING',
       ])
       expect(refusals[0]).toMatchObject({ listener: 'secure', status: 503 })
+      // The client is told what the operator reads.
+      const removed = refusals.find((line) => line.code === 'LISTENER_REMOVED')
+      expect(removed?.detail).toBe(problemIn(request.text()).detail)
     } finally {
       await proxy.close(0)
     }
