@@ -131,6 +131,10 @@ const streamWriteOptions = optionKeys<StreamWriteOptions>({ expectedVersion: tru
 /** The known keys of the options of reads that take only a transaction (`{ tx }`). */
 export const txOptions = optionKeys<{ readonly tx?: SqlExecutor }>({ tx: true })
 
+// The key of EventStore's phantom field: a type only (`declare`), so no value is emitted and
+// no store has the field.
+declare const storedEvents: unique symbol
+
 /**
  * An event-sourced log over a breakwater SQL driver (SQLite or PostgreSQL): streams with
  * optimistic concurrency, a gap-safe global order, subscriptions and snapshots. Run
@@ -143,8 +147,18 @@ export const txOptions = optionKeys<{ readonly tx?: SqlExecutor }>({ tx: true })
  * `unknown`. The type is the application's word, not a check: a read hands back what the log
  * holds (after upcasting), whatever `E` says, so keep `E` in step with the upcasters and with
  * every writer of the log.
+ *
+ * `EventStore<A>` goes where `EventStore<B>` is taken only when `A` is part of `B` (its reads
+ * stay within `B`): a store of other events, of more events, or an untyped store (it claims
+ * nothing) is refused there. Any store goes where an untyped `EventStore` is taken.
  */
 export interface EventStore<E extends EventShape = EventShape> {
+  /**
+   * Never present: a type-only field that makes the store covariant in `E`. TypeScript does not
+   * compare the bounds of the methods' type parameters (`F extends E`), so without it every
+   * `EventStore<A>` was assignable to every `EventStore<B>`.
+   */
+  readonly [storedEvents]?: E | undefined
   /** The database the store lives in. */
   readonly db: SqlDriver
   /** Its dialect. */

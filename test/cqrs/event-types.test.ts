@@ -129,6 +129,32 @@ describe('cqrs event types', () => {
     expectTypeOf<EventStore<AppEvent>>().toExtend<EventStore>()
   })
 
+  it('a store typed by other events is not taken for a store of these', () => {
+    // A store of a subset goes where a store of the whole union is read: what it holds is in it.
+    expectTypeOf<EventStore<OrderEvent>>().toExtend<EventStore<AppEvent>>()
+    expectTypeOf<EventStore<AppEvent>>().toExtend<EventStore>()
+    // Other events, more events, or no claim at all (untyped) are not.
+    expectTypeOf<EventStore<CartEvent>>().not.toExtend<EventStore<OrderEvent>>()
+    expectTypeOf<EventStore<AppEvent>>().not.toExtend<EventStore<OrderEvent>>()
+    expectTypeOf<EventStore>().not.toExtend<EventStore<OrderEvent>>()
+    const readOrders = (store: EventStore<OrderEvent>) => store.readStream('order-1')
+    const unsent = (carts: EventStore<CartEvent>, app: EventStore<AppEvent>): unknown => [
+      // @ts-expect-error a store of cart events is not a store of order events
+      readOrders(carts),
+      // @ts-expect-error its reads would be typed as orders and hand carts too
+      readOrders(app),
+      createProjector(app, defineProjection<OrderEvent>({ name: 'p', tables: {}, apply() {} })),
+      createCommandHandler(app, {
+        decider: {
+          initialState: () => 0,
+          evolve: (n: number) => n,
+          decide: (): CartEvent[] => [{ type: 'checked-out', data: null }],
+        },
+      }),
+    ]
+    expect(typeof unsent).toBe('function')
+  })
+
   it('a typed projection narrows apply and checks its eventTypes', () => {
     const totals = defineProjection<OrderEvent>({
       name: 'order-totals',
