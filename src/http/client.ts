@@ -37,7 +37,8 @@ export interface HttpClient<S extends string = string> {
    * waited for a connection (a deadline or timeout during a connect that hangs) is not waited
    * for: once the calls are over and whatever else the pool holds has finished (a response
    * body an `execute()` caller still reads is let finish), the pool is destroyed rather than
-   * left to wait for the connect to give up.
+   * left to wait for the connect to give up, and such connects are ended (their sockets
+   * closed, their timers cleared), so the process can exit once `close()` resolves.
    */
   close(): Promise<void>
 }

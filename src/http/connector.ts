@@ -9,57 +9,82 @@ import type { Socket } from 'node:net'
 import { buildConnector, errors } from 'undici'
 import type { Clock, TimerHandle } from '../core/clock.js'
 
+/** An undici connector with its connects' timer on a clock; see {@link clockedConnector}. */
+export interface ClockedConnector {
+  /** The connector itself, for the Pool's `connect` option. */
+  readonly connect: buildConnector.connector
+  /**
+   * Ends every connect still under way: destroys its socket, clears its timer and fails it
+   * with undici's `ClientClosedError` (`UND_ERR_CLOSED`). For the pool's close and destroy,
+   * which do not end them: undici gives up on a connect only when it fails, so a connect that
+   * hangs would keep the process alive until its timeout, or for good without one.
+   */
+  abort(): void
+}
+
 /**
- * An undici connector (the Pool's `connect` option) that fails a connect not done within
- * `timeoutMs` on `clock` (TLS handshake included: undici reports a TLS socket once secure)
- * with undici's own `ConnectTimeoutError` (`UND_ERR_CONNECT_TIMEOUT`, same message), and
- * destroys its socket. The timer is cleared as soon as the connect succeeds or fails.
- * `Infinity`: no timer, a connect may take as long as the kernel lets it. `options` are what
- * the Pool's `connect` option would otherwise carry (TLS material, `servername`,
- * `rejectUnauthorized`, ...), handed to undici's `buildConnector` as they are; their
- * `timeout`, if any, is overridden.
+ * An undici connector (its `connect` for the Pool's `connect` option) that fails a connect not
+ * done within `timeoutMs` on `clock` (TLS handshake included: undici reports a TLS socket once
+ * secure) with undici's own `ConnectTimeoutError` (`UND_ERR_CONNECT_TIMEOUT`, same message),
+ * and destroys its socket. The timer is cleared as soon as the connect succeeds or fails.
+ * `Infinity`: no timer, a connect may take as long as the kernel lets it. `abort()` ends the
+ * connects still under way. `options` are what the Pool's `connect` option would otherwise
+ * carry (TLS material, `servername`, `rejectUnauthorized`, ...), handed to undici's
+ * `buildConnector` as they are; their `timeout`, if any, is overridden.
  */
 export function clockedConnector(
   clock: Clock,
   timeoutMs: number,
   options: buildConnector.BuildOptions = {},
-): buildConnector.connector {
-  // undici's own timer off (0): this one replaces it.
-  const connect = buildConnector({ ...options, timeout: 0 })
-  if (timeoutMs === Number.POSITIVE_INFINITY) return connect
-  return (options, callback) => {
-    let settled = false
-    let timer: TimerHandle | undefined
-    // undici's connectors return the socket (its Client ignores it; the type says void).
-    const socket = (
-      connect as (
-        options: buildConnector.Options,
-        callback: buildConnector.Callback,
-      ) => Socket | undefined
-    )(options, (error, connected) => {
-      if (settled) {
-        // Connected after the timeout had failed it: nobody will use this socket.
-        connected?.destroy()
-        return
+): ClockedConnector {
+  // undici's own timer off (0): this one replaces it. undici's connectors return the socket
+  // (its Client ignores it; the type says void).
+  const connect = buildConnector({ ...options, timeout: 0 }) as (
+    options: buildConnector.Options,
+    callback: buildConnector.Callback,
+  ) => Socket | undefined
+  // How to fail each connect under way, for abort().
+  const underWay = new Set<(error: Error) => void>()
+  return {
+    connect: (options, callback) => {
+      let settled = false
+      let timer: TimerHandle | undefined
+      const settle = () => {
+        settled = true
+        underWay.delete(fail)
+        if (timer !== undefined) clock.clearTimeout(timer)
+        timer = undefined
       }
-      settled = true
-      if (timer !== undefined) clock.clearTimeout(timer)
-      timer = undefined
-      if (error === null) callback(null, connected)
-      else callback(error, null)
-    })
-    // A connector that reported at once has nothing left to time.
-    if (settled) return socket
-    timer = clock.setTimeout(() => {
-      timer = undefined
-      if (settled) return
-      settled = true
-      const error = new errors.ConnectTimeoutError(timeoutMessage(options, socket, timeoutMs))
-      // Its 'error' event reaches the callback above, which has nothing more to do.
-      socket?.destroy(error)
-      callback(error, null)
-    }, timeoutMs)
-    return socket
+      const fail = (error: Error) => {
+        if (settled) return
+        settle()
+        // Its 'error' event reaches the callback below, which has nothing more to do.
+        socket?.destroy(error)
+        callback(error, null)
+      }
+      const socket = connect(options, (error, connected) => {
+        if (settled) {
+          // Connected after the timeout or abort() had failed it: nobody will use this socket.
+          connected?.destroy()
+          return
+        }
+        settle()
+        if (error === null) callback(null, connected)
+        else callback(error, null)
+      })
+      // A connector that reported at once has nothing left to time or abort.
+      if (settled) return socket
+      underWay.add(fail)
+      if (timeoutMs !== Number.POSITIVE_INFINITY)
+        timer = clock.setTimeout(() => {
+          timer = undefined
+          fail(new errors.ConnectTimeoutError(timeoutMessage(options, socket, timeoutMs)))
+        }, timeoutMs)
+      return socket
+    },
+    abort() {
+      for (const fail of [...underWay]) fail(new errors.ClientClosedError())
+    },
   }
 }
 

@@ -38,7 +38,7 @@ import { type AbortListener, listenToSignal, unlistenToSignal } from '../policie
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { retryWithDeadlineReserve } from '../policies/retry.js'
-import { clockedConnector } from './connector.js'
+import { type ClockedConnector, clockedConnector } from './connector.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import {
@@ -260,6 +260,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly #maxAttempts: number
   readonly #calls = new Set<CallLink>()
   #closed = false
+  // The pool's connector: close() ends the connects it still has under way (see close()).
+  readonly #connector: ClockedConnector
 
   constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
     const prefix = `services.${name}`
@@ -380,12 +382,13 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       this.#retry === undefined ? this.#single : pipeline(overall, this.#retry, ...inner)
 
     this.events = new ServiceEvents((events) => this.#attachEvents(events))
+    this.#connector = clockedConnector(clock, connectTimeoutMs)
     this.dispatcher = new Pool(this.#base.origin, {
       connections,
       pipelining: 1,
       // The connect timeout runs on the service's clock too (see clockedConnector): undici's
       // fired up to a second late.
-      connect: clockedConnector(clock, connectTimeoutMs),
+      connect: this.#connector.connect,
       // The headers and body timeouts run on the service's clock (see Exchange).
       headersTimeout: 0,
       bodyTimeout: 0,
@@ -806,9 +809,16 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     for (const link of this.#calls) if (!link.attempting && !link.answered) link.close()
     this.breaker?.dispose()
     const closing = this.dispatcher.close()
-    await Promise.all([...this.#calls].map((link) => link.settled))
-    await this.#destroyWhenOnlyUnsent(closing)
-    await closing
+    try {
+      await Promise.all([...this.#calls].map((link) => link.settled))
+      await this.#destroyWhenOnlyUnsent(closing)
+      await closing
+    } finally {
+      // The pool is closed or destroyed, but undici lets a connect it no longer needs (one a
+      // call stopped waiting for) run on to connectTimeoutMs, or for good without one, and
+      // its socket keeps the process alive: end them now.
+      this.#connector.abort()
+    }
   }
 
   // The calls are over. Requests whose attempts ended while they waited for a connection (a

@@ -41,14 +41,18 @@ function clientOn(baseUrl: string, clock: ManualClock, connectTimeoutMs: number)
 
 /**
  * A call to a listener that never completes a handshake, on a client whose connectTimeoutMs is
- * 300 on a ManualClock, once its connect is under way (its SYN unanswered, its timer armed).
+ * `connectTimeoutMs` (300 unless given) on a ManualClock, once its connect is under way (its
+ * SYN unanswered, its timer armed).
  */
-async function hangingConnect(run: (client: HttpClient, clock: ManualClock) => Promise<unknown>) {
+async function hangingConnect(
+  run: (client: HttpClient, clock: ManualClock) => Promise<unknown>,
+  connectTimeoutMs = 300,
+) {
   const listener = await unacceptingListener()
   cleanup.push(() => listener.stop())
   const sockets = watchSockets()
   const clock = new ManualClock()
-  const client = clientOn(`http://127.0.0.1:${listener.port}`, clock, 300)
+  const client = clientOn(`http://127.0.0.1:${listener.port}`, clock, connectTimeoutMs)
   const call = track(run(client, clock))
   await until(() => sockets.length === 1)
   return { port: listener.port, clock, client, call, socket: sockets[0]! }
@@ -108,6 +112,24 @@ describe('connectTimeoutMs', () => {
     expect(client.service('svc').state().pool.size).toBe(0)
     expect(clock.pendingTimers).toBe(0)
   })
+
+  it.each([300, Number.POSITIVE_INFINITY])(
+    'close() (connectTimeoutMs %s) ends a connect the call stopped waiting for: its socket destroyed, its timer cleared',
+    async (connectTimeoutMs) => {
+      const { clock, client, call, socket } = await hangingConnect(
+        (client, clock) => withDeadline(100, () => client.request('svc', { path: '/' }), { clock }),
+        connectTimeoutMs,
+      )
+      await clock.advance(100)
+      expect((call.error as { code?: string }).code).toBe('DEADLINE_EXCEEDED')
+      expect(socket.destroyed).toBe(false)
+      // The clock stands still from here: only close() can end the connect.
+      await client.close()
+      expect(socket.destroyed).toBe(true)
+      expect(clock.pendingTimers).toBe(0)
+      expect(client.service('svc').state().pool.size).toBe(0)
+    },
+  )
 
   it('clears its timer once connected: a connection outliving connectTimeoutMs is reused', async () => {
     const server = await startServer((_req, res) => {

@@ -1,11 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import type { Duplex } from 'node:stream'
-import { Pool } from 'undici'
 import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
-import { clockedConnector } from '../../http/connector.js'
 import { idempotentMethods } from '../../http/methods.js'
 import { httpTokenPattern } from '../../http/token.js'
 import {
@@ -42,6 +40,7 @@ import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js
 import { type Endpoint, EndpointSet, type UpstreamPool } from './endpoints.js'
 import { Http1Pool } from './http1-pool.js'
 import { Http1PoolError } from './http1-types.js'
+import { HttpsPool } from './https-pool.js'
 import { localShortage, ShortageLog } from './local-shortage.js'
 import { type UpstreamMetrics, upstreamMetrics } from './metrics.js'
 import { problemDetail, statusFor } from './problems.js'
@@ -332,20 +331,15 @@ class Core {
     const tlsOptions =
       this.tls?.connectOptions(endpoint.servername) ??
       (endpoint.servername === undefined ? {} : { servername: endpoint.servername })
-    const pool = new Pool(endpoint.url, {
+    // The connect timeout on the service's clock, as the attempt's own: undici's fires up to a
+    // second late, and until then the connect (one the attempt already gave up on included)
+    // holds a slot of the endpoint's pool. The TLS options go to undici as they are.
+    return new HttpsPool(endpoint.url, {
       connections: this.config.bulkhead.connectionsPerEndpoint,
-      pipelining: 1,
-      // The connect timeout on the service's clock, as the attempt's own: undici's fires up to
-      // a second late, and until then the connect (one the attempt already gave up on
-      // included) holds a slot of the endpoint's pool. The TLS options go to undici as before.
-      connect: clockedConnector(this.clock, this.connectMs, tlsOptions),
-      // Timeouts run on the service's clock in the handler; undici's own are off.
-      headersTimeout: 0,
-      bodyTimeout: 0,
+      connectTimeoutMs: this.connectMs,
+      clock: this.clock,
+      tls: tlsOptions,
     })
-    // The Attempt handler is undici's legacy dispatch handler too; only the trailers' element
-    // type differs (strings there, Buffers in Http1Handler), and Attempt ignores trailers.
-    return pool as unknown as UpstreamPool
   }
 
   retirePool(pool: UpstreamPool | undefined): void {
@@ -599,7 +593,7 @@ const poolRefusalCodes: ReadonlySet<string> = new Set([
  */
 function poolSaturated(pool: UpstreamPool, connections: number): boolean {
   if (pool instanceof Http1Pool) return pool.saturated
-  const stats = (pool as unknown as Pool).stats
+  const stats = (pool as HttpsPool).stats
   return stats.connected >= connections && stats.free === 0
 }
 

@@ -54,4 +54,15 @@ describe('a connect to an https endpoint that hangs', () => {
     expect(proxyConnects()).toHaveLength(0)
     expect(clock.pendingTimers).toBe(0)
   })
+
+  it('is ended by close() once the call has stopped waiting for it: its socket closed, its timer cleared', async () => {
+    const { clock, service, call, proxyConnects } = await hangingConnect(10_000, 100)
+    await clock.advance(100)
+    expect(call.error).toMatchObject({ code: 'DEADLINE_EXCEEDED', status: 504 })
+    expect(proxyConnects()).toHaveLength(1)
+    // The clock stands still from here: only close() can end the connect.
+    await service.close()
+    expect(proxyConnects()).toHaveLength(0)
+    expect(clock.pendingTimers).toBe(0)
+  })
 })
