@@ -124,6 +124,8 @@ export const errorCodes = {
     "A proxy request was still under way when the shutdown drain's drainTimeoutMs ran out, and the proxy cut its connection (access log status 503; the client gets no answer).",
   LISTENER_REMOVED:
     'A request reached a proxy listener that a reload removed while the connection was open; answered 503 with Connection: close, so the client reconnects.',
+  LISTENER_NOT_IN_FORCE:
+    'A request (or WebSocket handshake) reached a proxy listener that a start or reload was adding, and waited for that config, which was then not applied; answered 503 with Connection: close.',
   IDEMPOTENCY_STORE_UNAVAILABLE:
     "The proxy's idempotency store failed (down, unreachable, or it refused a statement), so a request on a route that enforces Idempotency-Key could not be checked or recorded; answered 503; retryable.",
   INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',

@@ -47,6 +47,7 @@ import { AMBASSADOR_ROUTE, createAmbassadorHandler } from './inbound/ambassador.
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import { endWithProblem } from './inbound/raw-response.js'
 import { listenerRefusalLogger } from './inbound/request.js'
 import {
   logOverridesAfterReload,
@@ -764,6 +765,9 @@ class ProxyRuntime implements ProxyInternals {
     const newListeners: { config: ListenerConfig; server: ListenerServer }[] = []
     const handedOver: { config: ListenerConfig; server: ListenerServer }[] = []
     let idempotencyOpened: OpenIdempotencyStore | undefined
+    // The listeners this config adds listen before it is in force (its other listeners are
+    // bound after them): what reaches them meanwhile waits for this to be settled.
+    const adding = pendingConfig()
     try {
       for (const [name, serviceConfig] of config.services) {
         // An unchanged service keeps its runtime: pools, breaker state and ejections survive.
@@ -890,7 +894,11 @@ class ProxyRuntime implements ProxyInternals {
       for (const listener of plan) {
         let server: ListenerServer
         try {
-          server = createListenerServer(listener, this.#dispatcher(listener.name), deps)
+          const dispatcher = this.#dispatcher(listener.name, {
+            config: adding,
+            tunnels: handlers.get(listener.name)?.upgrade !== undefined,
+          })
+          server = createListenerServer(listener, dispatcher, deps)
         } catch (error) {
           throw tlsFailure(error)
         }
@@ -970,7 +978,10 @@ class ProxyRuntime implements ProxyInternals {
           this.#metrics.routeOverridden.set({ route: route.name }, 0)
       exportTunnelGauges(config, deps.metrics)
       if (switches !== undefined) this.#reportSwitches(switches)
+      adding.settle(true)
     } catch (error) {
+      // Before the new listeners close: what waits on them is answered first.
+      adding.settle(false)
       for (const entry of newListeners) await entry.server.close(0).catch(() => {})
       // Give the ports back to the listeners that let go of them for this reload.
       for (const entry of handedOver) {
@@ -1045,8 +1056,12 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   // The listener server keeps one handler for its life; it looks up the current
-  // generation's handler on each request.
-  #dispatcher(listener: string): RequestHandler {
+  // generation's handler on each request. `adding`: the listener is one a start or reload
+  // adds, whether that config is in force yet, and whether it tunnels upgrades there.
+  #dispatcher(
+    listener: string,
+    adding?: { readonly config: PendingConfig; readonly tunnels: boolean },
+  ): RequestHandler {
     // The fast path asks the current generation too: `fast` is undefined while its handler has
     // none (a gateway), so new connections go straight to node:http, and a request that meets
     // a handler without one after a reload is handed over (false).
@@ -1054,13 +1069,15 @@ class ProxyRuntime implements ProxyInternals {
       this.#generation?.handlers.get(listener)?.fast?.(req, res) ?? false
     const currentFast = (): FastRequestHandler | undefined =>
       this.#generation?.handlers.get(listener)?.fast === undefined ? undefined : fast
-    // A listener a reload removed has no handler in force to count and log what it answers:
-    // its LISTENER_REMOVED answers and its own refusals while it drains (an upgrade refused
-    // PROXY_DRAINING, what node's parser refuses) are counted and logged as any listener's
-    // refusals before routing (no route, no service), under the access log setting in force.
+    // A listener with no handler in force (one a reload removed, still draining, or one a start
+    // or reload adds, before its config is in force) has none to count and log what it
+    // answers: its LISTENER_REMOVED and LISTENER_NOT_IN_FORCE answers and its own refusals (an
+    // upgrade refused PROXY_DRAINING, what node's parser refuses) are counted and logged as any
+    // listener's refusals before routing (no route, no service), under the access log setting
+    // in force.
     const deps = this.#deps
     const generation = (): Generation | undefined => this.#generation
-    const removed = listenerRefusalLogger(
+    const unhandled = listenerRefusalLogger(
       {
         clock: deps.clock,
         metrics: deps.metrics,
@@ -1071,34 +1088,76 @@ class ProxyRuntime implements ProxyInternals {
       },
       listener,
     )
+    const refused = (req: IncomingMessage, code: string, detail: string): void =>
+      unhandled({ status: 503, code, detail, remote: req.socket.remoteAddress })
+    // Held until the config that adds the listener is settled: in force, the request is served
+    // by it, as one that came a moment later would be; not applied, it is refused. (Served by
+    // the handler meanwhile, it would run on the services and routes in force, which are not
+    // the ones this config gives it.) The start or reload is bounded by its startTimeoutMs, and
+    // so is the wait.
+    const held = (req: IncomingMessage, then: () => void): boolean => {
+      const config = adding?.config
+      if (config === undefined || config.applied !== undefined) return false
+      deps.logger.debug('request waiting for the config that adds its listener', {
+        listener,
+        remote: req.socket.remoteAddress,
+      })
+      config.whenSettled(then)
+      return true
+    }
     const dispatch = (req: IncomingMessage, res: ServerResponse) => {
       const handler = this.#generation?.handlers.get(listener)
       if (handler !== undefined) {
         handler(req, res)
         return
       }
+      if (held(req, () => dispatch(req, res))) return
+      if (adding?.config.applied === false) {
+        // The start or reload that was adding it failed: the listener closes, and the client
+        // finds the listeners in force when it tries again.
+        sendListenerProblem(res, 503, 'LISTENER_NOT_IN_FORCE', listenerNotInForceDetail)
+        refused(req, 'LISTENER_NOT_IN_FORCE', listenerNotInForceDetail)
+        return
+      }
       // A listener a reload removed, still draining: the client reconnects, and finds the
       // listeners in force.
       sendListenerProblem(res, 503, 'LISTENER_REMOVED', listenerRemovedDetail)
-      removed({
-        status: 503,
-        code: 'LISTENER_REMOVED',
-        detail: listenerRemovedDetail,
-        remote: req.socket.remoteAddress,
-      })
+      refused(req, 'LISTENER_REMOVED', listenerRemovedDetail)
+    }
+    // A handshake held as a request is, when the config that adds the listener tunnels there.
+    const heldUpgrade: UpgradeHandler = (req, socket, head) => {
+      const go = (): void => {
+        // The listener closed it meanwhile (a drain ends upgraded connections at once).
+        if (socket.destroyed) return
+        const upgrade = this.#generation?.handlers.get(listener)?.upgrade
+        if (upgrade !== undefined) {
+          upgrade(req, socket, head)
+          return
+        }
+        endWithProblem(socket, deps.clock, 503, 'LISTENER_NOT_IN_FORCE', listenerNotInForceDetail)
+        refused(req, 'LISTENER_NOT_IN_FORCE', listenerNotInForceDetail)
+      }
+      if (!held(req, go)) go()
     }
     // Upgrades go to the current generation's handler too; while it has none (an ambassador
-    // without, or a listener a reload removed) the listener refuses them itself.
+    // without, or a listener a reload removed) the listener refuses them itself. A listener
+    // being added holds them when its config's handler takes them, and else refuses them as
+    // it will once that config is in force.
     Object.defineProperty(dispatch, 'upgrade', {
-      get: (): UpgradeHandler | undefined => this.#generation?.handlers.get(listener)?.upgrade,
+      get: (): UpgradeHandler | undefined => {
+        const handler = this.#generation?.handlers.get(listener)
+        if (handler !== undefined) return handler.upgrade
+        if (adding?.tunnels === true && adding.config.applied === undefined) return heldUpgrade
+        return undefined
+      },
       enumerable: true,
     })
     // So are the listener's own refusals, logged by the handler in force (its accessLog), or
-    // by `removed` on a listener a reload removed.
+    // by `unhandled` while there is none.
     Object.defineProperty(dispatch, 'refused', {
       get: (): ListenerRefusalHandler | undefined => {
         const handler = this.#generation?.handlers.get(listener)
-        return handler === undefined ? removed : handler.refused
+        return handler === undefined ? unhandled : handler.refused
       },
       enumerable: true,
     })
@@ -1325,9 +1384,44 @@ interface AdminServerLike {
   close(): Promise<void>
 }
 
-// One text for the answer's detail and its `request refused` line: the client is told what
+// One text for each answer's detail and its `request refused` line: the client is told what
 // the operator reads.
 const listenerRemovedDetail = 'this listener was removed by a config reload'
+const listenerNotInForceDetail = 'the config that adds this listener was not applied'
+
+/**
+ * Whether the config a start or reload applies is in force yet, for the requests that reach a
+ * listener it adds before then (see ProxyRuntime's dispatcher).
+ */
+interface PendingConfig {
+  /** Undefined while the start or reload runs; then whether the config was applied. */
+  readonly applied: boolean | undefined
+  /** Runs `then` once {@link PendingConfig.settle} is called (at once if it was). */
+  whenSettled(then: () => void): void
+  /** Says how it went, once (later calls do nothing), and runs what waited. */
+  settle(applied: boolean): void
+}
+
+function pendingConfig(): PendingConfig {
+  let applied: boolean | undefined
+  const waiting: (() => void)[] = []
+  return {
+    get applied() {
+      return applied
+    },
+    whenSettled(then) {
+      if (applied === undefined) waiting.push(then)
+      else then()
+    },
+    settle(outcome) {
+      if (applied !== undefined) return
+      applied = outcome
+      // At once, not on a later turn: a config not applied has its listeners closed right
+      // after, connections and all, and what waited there must be answered first.
+      for (const then of waiting.splice(0)) then()
+    },
+  }
+}
 
 // A problem the runtime answers for a listener that has no handler in force, with its detail as
 // every other refusal of the proxy has one, and `Connection: close`. The status and code are
@@ -1335,7 +1429,7 @@ const listenerRemovedDetail = 'this listener was removed by a config reload'
 function sendListenerProblem(
   res: ServerResponse,
   status: 503,
-  code: 'LISTENER_REMOVED',
+  code: 'LISTENER_REMOVED' | 'LISTENER_NOT_IN_FORCE',
   detail: string,
 ): void {
   res.writeHead(status, { 'content-type': 'application/problem+json', connection: 'close' })
