@@ -47,16 +47,6 @@ export function rawProblem(
 }
 
 /**
- * Writes {@link rawProblem} to `socket` and ends it with {@link endGracefully} (a socket already
- * closed or ended is left alone).
- *
- * @example
- * ```ts
- * server.on('upgrade', (req, socket) =>
- *   endWithProblem(socket, systemClock, 400, 'REQUEST_UPGRADE_REFUSED', 'no upgrades here'))
- * ```
- */
-/**
  * How long a connection the proxy has answered and ended may stay open for its client to close
  * its side (node:http hands upgraded sockets over half-open, with no timeout of its own).
  */
@@ -87,6 +77,16 @@ export function endGracefully(socket: Duplex, clock: Clock, data?: string | Buff
   }
 }
 
+/**
+ * Writes {@link rawProblem} to `socket` and ends it with {@link endGracefully} (a socket already
+ * closed or ended is left alone).
+ *
+ * @example
+ * ```ts
+ * server.on('upgrade', (req, socket) =>
+ *   endWithProblem(socket, systemClock, 400, 'REQUEST_UPGRADE_REFUSED', 'no upgrades here'))
+ * ```
+ */
 export function endWithProblem(
   socket: Duplex,
   clock: Clock,
