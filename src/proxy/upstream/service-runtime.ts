@@ -155,7 +155,8 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
 ])
 
 /**
- * Builds a service's runtime: discovery, one undici `Pool` per endpoint, load balancing,
+ * Builds a service's runtime: discovery, one connection pool per endpoint (the proxy's own
+ * HTTP/1.1 pool for `http:`, an undici pool for `https:`), load balancing,
  * outlier ejection, TLS origination, outbound credentials and the policies of the forward path.
  *
  * A request goes: deadline check (the sooner of the inbound deadline and `overallMs`), bulkhead
