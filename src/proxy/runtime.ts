@@ -1432,10 +1432,21 @@ function sendListenerProblem(
   code: 'LISTENER_REMOVED' | 'LISTENER_NOT_IN_FORCE',
   detail: string,
 ): void {
-  res.writeHead(status, { 'content-type': 'application/problem+json', connection: 'close' })
-  res.end(
-    JSON.stringify({ type: 'about:blank', title: STATUS_CODES[status], status, code, detail }),
-  )
+  const body = JSON.stringify({
+    type: 'about:blank',
+    title: STATUS_CODES[status],
+    status,
+    code,
+    detail,
+  })
+  // Framed as sendProblem frames the proxy's other problems: a length, and never cached.
+  res.writeHead(status, {
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    connection: 'close',
+  })
+  res.end(body)
 }
 
 function checkBoolean(option: string, value: unknown): boolean {
