@@ -13,7 +13,7 @@ import { createJsonLogger } from '../../../src/observability/logger.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
 import { recordOtelCounters } from '../../support/otel-counters.js'
 import { createTestCerts, type TestCerts } from '../support/certs.js'
-import { captureLog, eventually, type NamedUpstream, startNamedUpstream } from './helpers.js'
+import { captureLog, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 // Registered before the proxy starts: it creates its OpenTelemetry instruments on first use.
 const counted = recordOtelCounters()
