@@ -538,10 +538,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
  * the original at the instance's next write.
  */
 function blobText(bytes: Uint8Array, where: () => StoredPlace): string {
-  const hex = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, 16)).toString(
-    'hex',
-  )
-  const blob = `a blob of ${bytes.length} bytes (X'${hex}'${bytes.length > 16 ? '…' : ''})`
+  const blob = `a blob of ${bytes.length} bytes (${blobLiteral(bytes, 16)})`
   if (bytes.includes(0))
     throw new StoredDataError(where(), `is ${blob} holding NUL, not text (no text holds NUL)`)
   try {
@@ -569,8 +566,13 @@ export function saidOwner(value: unknown): string | null {
       // Not UTF-8: named below.
     }
   }
-  const shown = Buffer.from(value.buffer, value.byteOffset, Math.min(value.length, 32))
-  return `X'${shown.toString('hex')}'${value.length > 32 ? '…' : ''}`
+  return blobLiteral(value, 32)
+}
+
+/** `bytes` as an SQL blob literal, `X'…'`, of its first `shown` bytes (`…` after when more). */
+function blobLiteral(bytes: Uint8Array, shown: number): string {
+  const hex = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, shown))
+  return `X'${hex.toString('hex')}'${bytes.length > shown ? '…' : ''}`
 }
 
 /**
