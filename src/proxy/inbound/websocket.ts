@@ -90,10 +90,13 @@ export function createWebSocketHandler(
     status: number,
     code: string,
     detail: string,
-    route = '',
-    allow?: string,
-    service = '',
+    where: {
+      readonly route?: string
+      readonly allow?: string | undefined
+      readonly service?: string
+    } = {},
   ): void => {
+    const { route = '', allow, service = '' } = where
     const refusal = allow === undefined ? { status, code, detail } : { status, code, detail, allow }
     refuseUpgrade(ctx, listener.name, req, socket, refusal, inbound?.path, route, service)
     observe(inbound, status, route, service)
@@ -110,30 +113,25 @@ export function createWebSocketHandler(
     const route = routes.match(inbound.method, inbound.path, inbound.headers)
     if (route === undefined) {
       const answer = noRouteAnswer(routes, inbound.method, inbound.path, inbound.headers)
-      refuse(req, socket, inbound, answer.status, answer.code, answer.detail, '', answer.allow)
+      refuse(req, socket, inbound, answer.status, answer.code, answer.detail, {
+        allow: answer.allow,
+      })
       return
     }
     const config = route.config
     if (config.websocket === undefined) {
       const detail = `route ${route.name} does not accept WebSocket upgrades`
-      refuse(req, socket, inbound, 400, 'REQUEST_UPGRADE_REFUSED', detail, route.name)
+      refuse(req, socket, inbound, 400, 'REQUEST_UPGRADE_REFUSED', detail, { route: route.name })
       return
     }
     const serviceName = routes.choose(route, stickyValueOf(config.sticky, inbound.headers), random)
     const service = ctx.services().get(serviceName)
     if (service === undefined) {
       const detail = `route ${route.name} has no live target`
-      refuse(
-        req,
-        socket,
-        inbound,
-        502,
-        'SERVICE_NOT_FOUND',
-        detail,
-        route.name,
-        undefined,
-        serviceName,
-      )
+      refuse(req, socket, inbound, 502, 'SERVICE_NOT_FOUND', detail, {
+        route: route.name,
+        service: serviceName,
+      })
       return
     }
     const headers = forwardedHeaders(
