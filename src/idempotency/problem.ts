@@ -117,7 +117,12 @@ function shapeOf(error: IdempotencyError): ProblemShape {
   }
 }
 
-/** Builds the problem details object for an idempotency error. */
+/**
+ * Builds the problem details object for an idempotency error. `typeBase` is prefixed to the
+ * problem's name as given: unlike the middleware's `problemTypeBase`, it is not validated here
+ * (a caller composing its own responses may want a `urn:` or `tag:` base), so end it with `/`,
+ * `#` or `:` as the scheme needs.
+ */
 export function problemDetailsOf(
   error: IdempotencyError,
   typeBase: string = defaultProblemTypeBase,
@@ -142,6 +147,8 @@ export function problemDetailsOf(
  * const response = problemResponse(new IdempotencyKeyMissingError())
  * // response.status === 400, JSON.parse(body).type ends with 'idempotency-key-missing'
  * ```
+ *
+ * `typeBase` is taken as given, as by {@link problemDetailsOf}.
  */
 export function problemResponse(
   error: IdempotencyError,
