@@ -14,8 +14,13 @@ export type HttpRetryOptions = Omit<RetryOptions, 'budget' | 'clock'>
 /** Circuit breaker settings of a service; the name defaults to the service's, the clock is the service's. */
 export type HttpCircuitBreakerOptions = Omit<CircuitBreakerOptions, 'clock'>
 
-/** Bulkhead settings of a service; `maxConcurrent` also sizes the service's connection pool. */
-export type HttpBulkheadOptions = Partial<Omit<BulkheadOptions, 'clock'>>
+/**
+ * Bulkhead settings of a service; `maxConcurrent` also sizes the service's connection pool. Every
+ * option may be left out or undefined (`maxConcurrent` too: the service's 32).
+ */
+export type HttpBulkheadOptions = {
+  readonly [K in keyof Omit<BulkheadOptions, 'clock'>]?: BulkheadOptions[K] | undefined
+}
 
 /** Retry budget settings of a service, or a budget to share with other clients. */
 export type HttpRetryBudgetOptions = Omit<RetryBudgetOptions, 'clock'> | RetryBudget

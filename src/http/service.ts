@@ -909,6 +909,9 @@ function booleanOption(
 // The policies' options minus what the service sets itself. Given anyway (a variable typed as
 // the policy's own options passes the Omit<> types), the service's value silently replaced
 // them, or, for a retry budget next to `retryBudget: false`, was used although turned off.
+// Options given as undefined are left out of the copy returned: spread over the service's
+// defaults, `bulkhead: { maxQueued: undefined }` would replace its 64 (the bulkhead's own 0
+// applied) and `name: undefined` the service's name, where undefined means "left out".
 function serviceManaged(option: string, value: unknown, managed: readonly string[]): object {
   const options = checkObject(option, value ?? {}) as Record<string, unknown>
   for (const name of managed) {
@@ -921,7 +924,9 @@ function serviceManaged(option: string, value: unknown, managed: readonly string
         options[name],
       )
   }
-  return options
+  const given: Record<string, unknown> = {}
+  for (const [name, v] of Object.entries(options)) if (v !== undefined) given[name] = v
+  return given
 }
 
 function makeBudget(

@@ -82,3 +82,44 @@ describe('http client options given as null', () => {
     expect(error).not.toMatchObject({ code: 'INVALID_OPTION' })
   })
 })
+
+// A policy bag's option given as undefined was spread over the service's defaults and replaced
+// them: bulkhead: { maxConcurrent: undefined } was refused, maxQueued: undefined queued nothing
+// (the bulkhead's own 0, not the service's 64), name: undefined left the bulkhead and the
+// breaker unnamed. Undefined means left out there as everywhere else.
+describe('http client policy options given as undefined', () => {
+  it('keeps the service defaults for each policy option given as undefined', async () => {
+    const server = await startServer((_req, res) => {
+      res.end('{}')
+    })
+    const client = createHttpClient({
+      services: {
+        svc: {
+          baseUrl: server.url,
+          bulkhead: { maxConcurrent: undefined, maxQueued: undefined, name: undefined },
+          circuitBreaker: { name: undefined },
+          retry: { maxAttempts: undefined },
+          retryBudget: { ratio: undefined },
+        },
+      },
+    })
+    try {
+      const service = client.service('svc')
+      expect(service.bulkhead?.name).toBe('svc')
+      expect(service.breaker?.name).toBe('svc')
+      // 32 running and 64 queued: the 97th call is the first one refused.
+      const calls = Array.from({ length: 97 }, () =>
+        client.request('svc', { path: '/x' }).then(
+          () => 'ok',
+          (error: { code?: string }) => error.code,
+        ),
+      )
+      const outcomes = await Promise.all(calls)
+      expect(outcomes.filter((o) => o === 'BULKHEAD_FULL')).toHaveLength(1)
+      expect(outcomes.filter((o) => o === 'ok')).toHaveLength(96)
+    } finally {
+      await client.close()
+      await server.close()
+    }
+  })
+})
