@@ -288,10 +288,20 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
 
 // Masked first, then cut short: a cut inside a credential would leave what masks it (the '@'
 // after a URL's password, the token after 'Bearer') beyond the cut, and its first part written.
+// Never between the two halves of a surrogate pair (an emoji, a CJK extension character): the
+// first half alone is written `\ud83d`, which strict JSON readers (Rust's serde_json, so
+// Vector) refuse, losing the whole line.
 function clip(text: string): string {
   const masked = redactSecrets(text)
-  return masked.length > maxStringLength ? `${masked.slice(0, maxStringLength)}…` : masked
+  if (masked.length <= maxStringLength) return masked
+  const splitsPair =
+    isHighSurrogate(masked.charCodeAt(maxStringLength - 1)) &&
+    isLowSurrogate(masked.charCodeAt(maxStringLength))
+  return `${masked.slice(0, splitsPair ? maxStringLength - 1 : maxStringLength)}…`
 }
+
+const isHighSurrogate = (unit: number): boolean => unit >= 0xd800 && unit <= 0xdbff
+const isLowSurrogate = (unit: number): boolean => unit >= 0xdc00 && unit <= 0xdfff
 
 /** Turns any value into plain JSON data with secrets hidden. */
 function sanitize(value: unknown, core: LoggerCore, depth: number, walk: Walk): unknown {

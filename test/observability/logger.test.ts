@@ -137,6 +137,21 @@ describe('createJsonLogger', () => {
     expect(String(line!.text)).toMatch(/ postgres:\/\/app:\*\*\*@\S*…$/)
   })
 
+  it('cuts a long string short between characters, never inside a surrogate pair', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    // One ASCII character, then emoji (two UTF-16 units each): the 8,192nd unit is the first
+    // half of an emoji. Cut there, the line would hold a lone surrogate (`\ud83d`), which
+    // strict JSON readers (Rust's serde_json, so Vector) refuse, dropping the whole line.
+    const long = `a${'😀'.repeat(5_000)}`
+    log.info(long, { text: long })
+    const raw = out.raw()
+    expect(raw).not.toMatch(/\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])/i)
+    const [line] = out.lines()
+    expect(line!.msg).toBe(`a${'😀'.repeat(4_095)}…`)
+    expect(line!.text).toBe(line!.msg)
+  })
+
   it('serializes errors with code, cause and stack (no stack for coded breakwater errors)', () => {
     const out = capture()
     const log = createJsonLogger({ output: out })
