@@ -140,19 +140,96 @@ function plainHeader(headers: Record<string, unknown>, lowerName: string): unkno
   return undefined
 }
 
-const httpDateStart = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)(day|sday|nesday|rsday|urday)?,? /
+// RFC 9110 §5.6.7's three HTTP-date forms, each always in GMT: IMF-fixdate
+// (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime
+// (`Sun Nov  6 08:49:37 1994`, no zone named). Parsed here rather than by Date.parse, which reads
+// a date naming no zone in the process's local time zone (asctime was off by the host's UTC
+// offset) and takes many other strings after a day name ('Mon 5', a PST or +0200 date) for
+// dates. Names in any case, runs of spaces taken as one: the RFC asks recipients to be robust.
+const month = '(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)'
+const time = '(\\d{2}):(\\d{2}):(\\d{2})'
+const imfFixdate = new RegExp(
+  `^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), +(\\d{2}) +${month} +(\\d{4}) +${time} +GMT$`,
+  'i',
+)
+const rfc850Date = new RegExp(
+  `^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), +(\\d{2})-${month}-(\\d{2}) +${time} +GMT$`,
+  'i',
+)
+const asctimeDate = new RegExp(
+  `^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +${month} +(\\d{1,2}) +${time} +(\\d{4})$`,
+  'i',
+)
+const monthIndex: Readonly<Record<string, number>> = {
+  jan: 0,
+  feb: 1,
+  mar: 2,
+  apr: 3,
+  may: 4,
+  jun: 5,
+  jul: 6,
+  aug: 7,
+  sep: 8,
+  oct: 9,
+  nov: 10,
+  dec: 11,
+}
 
-/** Parses a `Retry-After` value (seconds or HTTP-date) into milliseconds from `nowMs`. */
+/**
+ * Parses a `Retry-After` value into milliseconds from `nowMs`: delta-seconds, or an HTTP-date in
+ * one of its three forms (IMF-fixdate, RFC 850, asctime), read as GMT whatever the host's time
+ * zone. Anything else is undefined (no hint), never "retry at once".
+ *
+ * @example
+ * ```ts
+ * import { parseRetryAfter } from 'breakwater'
+ * parseRetryAfter('120', Date.now()) // 120000
+ * parseRetryAfter('Sun Nov  6 08:49:37 1994', Date.parse('Sun, 06 Nov 1994 08:49:00 GMT')) // 37000
+ * ```
+ */
 export function parseRetryAfter(value: unknown, nowMs: number): number | undefined {
   if (typeof value !== 'string' || value.trim() === '') return undefined
   const trimmed = value.trim()
   // Seconds; an absurd count (a hostile or broken server) still gives a finite wait.
   if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, Number.MAX_SAFE_INTEGER)
-  // Otherwise only an HTTP-date, in any of its three forms (IMF-fixdate, RFC 850, asctime), all
-  // of which start with the day's name: Date.parse alone takes '-5', '1.5' or 'abc 7' for dates
-  // in the past, which would read as "retry at once" instead of as an invalid header.
-  if (!httpDateStart.test(trimmed)) return undefined
-  const at = Date.parse(trimmed)
-  if (Number.isNaN(at)) return undefined
-  return Math.max(0, at - nowMs)
+  // Otherwise only an HTTP-date: anything else reads as no hint, not as "retry at once".
+  const at = parseHttpDate(trimmed, nowMs)
+  return at === undefined ? undefined : Math.max(0, at - nowMs)
+}
+
+// Epoch milliseconds of an HTTP-date in one of its three forms, else undefined.
+function parseHttpDate(value: string, nowMs: number): number | undefined {
+  let m = imfFixdate.exec(value)
+  if (m !== null) return utc(Number(m[3]), m[2]!, m[1]!, m[4]!, m[5]!, m[6]!)
+  m = asctimeDate.exec(value)
+  if (m !== null) return utc(Number(m[6]), m[1]!, m[2]!, m[3]!, m[4]!, m[5]!)
+  m = rfc850Date.exec(value)
+  if (m === null) return undefined
+  // A two-digit year more than 50 years ahead is the latest past year with those digits.
+  const nowYear = new Date(nowMs).getUTCFullYear()
+  let year = nowYear - (nowYear % 100) + Number(m[3])
+  if (year > nowYear + 50) year -= 100
+  return utc(year, m[2]!, m[1]!, m[4]!, m[5]!, m[6]!)
+}
+
+// The instant named, or undefined for a date that does not exist (31 Feb, 25:00:00); second 60
+// (a leap second) is taken as the next minute's first.
+function utc(
+  year: number,
+  monthName: string,
+  day: string,
+  hours: string,
+  minutes: string,
+  seconds: string,
+): number | undefined {
+  const monthNumber = monthIndex[monthName.toLowerCase()]!
+  const d = Number(day)
+  const h = Number(hours)
+  const min = Number(minutes)
+  const s = Number(seconds)
+  // Day 0 of the next month is the last of this one: 31 Feb is no date (Date.UTC would roll it
+  // over into March).
+  const daysInMonth = new Date(Date.UTC(year, monthNumber + 1, 0)).getUTCDate()
+  if (d < 1 || d > daysInMonth || h > 23 || min > 59 || s > 60) return undefined
+  return Date.UTC(year, monthNumber, d, h, min, s)
 }
