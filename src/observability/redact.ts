@@ -12,12 +12,16 @@ export const REDACTED = '[redacted]'
 // Compared after lower-casing and removing `-`, `_`, `.` and spaces, so `X-Api-Key`,
 // `api_key` and `apiKey` are one name. A suffix match catches `dbPassword`, `clientSecret`,
 // `accessToken`, `set-cookie`, `proxy-authorization`; names that merely contain a word
-// (`tokens`, `secretFile`, `passwordPolicy`) are left alone.
+// (`tokens`, `secretFile`, `passwordPolicy`) are left alone. The secret half of a key pair is
+// named secret-then-key (AWS's secretAccessKey, S3 clients' secretKey, Django's SECRET_KEY):
+// a `secret` suffix alone left it written, beside a masked sessionToken.
 const secretSuffixes = [
   'password',
   'passwd',
   'passphrase',
   'secret',
+  'secretkey',
+  'secretaccesskey',
   'token',
   'apikey',
   'privatekey',
@@ -34,9 +38,9 @@ export function normalizeKey(key: string): string {
 }
 
 /**
- * True when a field of this name holds a secret (password, secret, token, API key, private
- * key, credentials, authorization, cookie, session id, in any case and with `-`/`_` spelling),
- * or when its normalized name is one of `extra`.
+ * True when a field of this name holds a secret (password, secret, secret key as in
+ * `secretAccessKey`, token, API key, private key, credentials, authorization, cookie, session
+ * id, in any case and with `-`/`_` spelling), or when its normalized name is one of `extra`.
  *
  * @example
  * ```ts
@@ -90,7 +94,7 @@ const afterAt = /[^\s"'<>`]*/y
 // percent-encoded key too (`?access%5Ftoken=`), so that it masks the value as maskQueryValues
 // does.
 const secretNames =
-  'password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id'
+  'password|passwd|passphrase|pwd|secret(?:[_-]?(?:access[_-]?)?key)?|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id'
 const secretPairs = new RegExp(
   String.raw`(${secretNames})=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.%-]*=)(?:[^\s&#:]|:(?!\s|$))*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)`,
   'gi',

@@ -335,6 +335,32 @@ describe('redaction helpers', () => {
       expect(isSecretKey(key), key).toBe(false)
   })
 
+  it('takes a secret key for a secret: secretKey, secret_key, secretAccessKey', () => {
+    // The secret half of a key pair is named for the word secret, then key: AWS's
+    // secretAccessKey (AWS_SECRET_ACCESS_KEY), S3 and MinIO clients' secretKey, Stripe's and
+    // Django's SECRET_KEY. Their public halves (accessKeyId, publicKey) are no secrets.
+    for (const key of ['secretKey', 'SECRET_KEY', 'secretAccessKey', 'AWS_SECRET_ACCESS_KEY'])
+      expect(isSecretKey(key), key).toBe(true)
+    for (const key of ['accessKeyId', 'publicKey', 'secretKeyFile'])
+      expect(isSecretKey(key), key).toBe(false)
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const credentials = {
+      accessKeyId: 'AKIAEXAMPLE',
+      secretAccessKey: 'wJalrXUtnFEMI',
+      region: 'x',
+    }
+    log.info('s3 client', { s3: credentials, stripe: { secret_key: 'sk_live_abc' } })
+    expect(out.raw()).not.toMatch(/wJalrXUtnFEMI|sk_live_abc/)
+    for (const [text, masked] of [
+      ['AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI', 'AWS_SECRET_ACCESS_KEY=***'],
+      ['SECRET_KEY=django-insecure-abc', 'SECRET_KEY=***'],
+      ['secret_key: sk_live_abc', 'secret_key: ***'],
+      ['https://h/upload?secretKey=abc&x=1', 'https://h/upload?secretKey=***&x=1'],
+    ])
+      expect(redactSecrets(text!), text).toBe(masked)
+  })
+
   it('masks key=value pairs whose key ends in a secret name, as field names are judged', () => {
     for (const [text, masked] of [
       // A value runs over blanks up to the next pair (a password may hold a space).
