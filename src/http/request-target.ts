@@ -77,7 +77,10 @@ export function checkPath(path: unknown): string {
 /** A query parameter value. */
 export type QueryValue = string | number | boolean
 
-/** Query parameters; arrays repeat the name, undefined values are left out. */
+/**
+ * Query parameters; arrays repeat the name, undefined values are left out. A number must be
+ * finite (`NaN` and the infinities are refused with `InvalidOptionError`).
+ */
 export type QueryParams = Readonly<Record<string, QueryValue | readonly QueryValue[] | undefined>>
 
 // A Headers, Map or URLSearchParams is an object whose Object.entries() is empty: accepted, every
@@ -101,8 +104,18 @@ export function appendQuery(path: string, query: unknown): string {
     if (value === undefined) continue
     const values: readonly unknown[] = Array.isArray(value) ? value : [value]
     for (const v of values) {
-      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') {
-        throw new InvalidOptionError(`request.query.${name}`, 'a string, number or boolean', v)
+      // A NaN or an infinity is a number, but would go out as `NaN` or `Infinity`: a bug
+      // upstream (a failed parse, a division by zero) that no downstream reads as a number.
+      if (
+        typeof v !== 'string' &&
+        typeof v !== 'boolean' &&
+        (typeof v !== 'number' || !Number.isFinite(v))
+      ) {
+        throw new InvalidOptionError(
+          `request.query.${name}`,
+          'a string, finite number or boolean',
+          v,
+        )
       }
       params.append(name, String(v))
     }

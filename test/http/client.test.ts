@@ -354,6 +354,10 @@ describe('request options are checked before anything is sent', () => {
     ['an empty idempotency key', { path: '/', idempotencyKey: '' }, 'request.idempotencyKey'],
     ['a key with spaces', { path: '/', idempotencyKey: 'a b' }, 'request.idempotencyKey'],
     ['a query object value', { path: '/', query: { a: { b: 1 } } }, 'request.query.a'],
+    // These went out as `?limit=NaN` and `?n=Infinity`, which no downstream reads as a number.
+    ['a NaN query value', { path: '/', query: { limit: NaN } }, 'request.query.limit'],
+    ['an Infinity query value', { path: '/', query: { n: [1, Infinity] } }, 'request.query.n'],
+    ['a -Infinity query value', { path: '/', query: { n: -Infinity } }, 'request.query.n'],
     ['retry: "yes"', { path: '/', retry: 'yes' }, 'request.retry'],
     // Object.entries() of these is empty: every header or parameter would be dropped silently.
     ['a Headers instance', { path: '/', headers: new Headers({ 'x-a': '1' }) }, 'request.headers'],
