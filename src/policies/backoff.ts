@@ -118,7 +118,12 @@ class ExponentialBackoff implements Backoff {
         }
         const base = this.#baseMs
         const previous = Math.max(base, previousDelayMs ?? base)
-        return Math.min(this.#capMs, base + (previous * 3 - base) * this.#unit())
+        const r = this.#unit()
+        // A draw of 0 is the range's lower bound, base: computed, it would be NaN when 3 *
+        // previous overflows to Infinity (a previous delay past 6e307), as Infinity * 0 is.
+        return r === 0
+          ? Math.min(this.#capMs, base)
+          : Math.min(this.#capMs, base + (previous * 3 - base) * r)
       }
     }
   }

@@ -82,6 +82,17 @@ describe('exponentialBackoff', () => {
     expect(high.delayMs(1, 100_000)).toBe(30_000)
   })
 
+  it('decorrelated jitter stays a number after a huge previous delay (Infinity * 0 is NaN)', () => {
+    // 3 * previous overflows to Infinity; a draw of 0 then made Infinity * 0 = NaN, a delay Node
+    // fires after 1 ms, instead of the range's lower bound.
+    for (const previous of [Number.POSITIVE_INFINITY, Number.MAX_VALUE, 1e308]) {
+      const low = exponentialBackoff({ jitter: 'decorrelated', random: () => 0 })
+      expect(low.delayMs(3, previous)).toBe(100)
+      const high = exponentialBackoff({ jitter: 'decorrelated', random: () => 0.5 })
+      expect(high.delayMs(3, previous)).toBe(30_000)
+    }
+  })
+
   it('clamps a random source that strays out of [0, 1)', () => {
     expect(exponentialBackoff({ random: () => 7 }).delayMs(0)).toBe(100)
     expect(exponentialBackoff({ random: () => -1 }).delayMs(0)).toBe(0)
