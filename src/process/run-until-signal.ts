@@ -123,8 +123,8 @@ export const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
  * settles.
  *
  * Resolves with how the run ended; the caller (a CLI's `main`) decides the exit code. Rejects
- * when `start` or `stop` rejects, or when `done` rejects (after `stop()` was tried). Never
- * calls `process.exit`.
+ * when `start` or `stop` rejects, or when `done` rejects (after `stop()` was tried, with
+ * `done`'s error even when that `stop()` rejects too). Never calls `process.exit`.
  *
  * @example
  * ```ts
@@ -303,8 +303,12 @@ export async function runUntilSignal(
       }
     }
     if (received === undefined) {
-      // Ended by itself: release what it holds, then report.
-      const drain = await stopWithin()
+      // Ended by itself: release what it holds, then report. A service that failed often cannot
+      // stop cleanly either (its connection is gone): its own error says what happened, so it
+      // is the one the run rejects with, whatever stop() did.
+      const drain = await stopWithin().catch((error: unknown) => {
+        throw ended?.ok === false ? ended.error : error
+      })
       if (ended?.ok === false) throw ended.error
       if (drain === 'complete') return { reason: 'ended' }
       // Not 'complete': a signal came during stop() (TS still narrows `received` to undefined).

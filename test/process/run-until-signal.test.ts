@@ -313,6 +313,31 @@ describe('runUntilSignal', () => {
     expect(target.listenerCount('SIGTERM')).toBe(0)
   })
 
+  it("rejects with a failed service's own error when its stop() fails too", async () => {
+    // A service that crashed often cannot stop cleanly either (its connection is gone): the
+    // crash says what happened, the stop's failure only that it happened.
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    let crash: (error: unknown) => void = () => {}
+    const done = new Promise<void>((_, reject) => {
+      crash = reject
+    })
+    const failed = track(
+      runUntilSignal(
+        () => ({
+          done,
+          stop: () => Promise.reject(new Error('cannot stop: not connected')),
+        }),
+        { target, clock },
+      ),
+    )
+    await flushJobs()
+    crash(new Error('relay crashed: connection lost'))
+    await flushJobs()
+    expect((failed.error as Error).message).toBe('relay crashed: connection lost')
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
   it('a signal bounds the stop of a service that ended by itself: drain timeout, then a second signal', async () => {
     const target = new EventEmitter()
     const clock = new ManualClock()
