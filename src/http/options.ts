@@ -216,7 +216,8 @@ export interface HttpRequestBaseOptions {
   readonly query?: QueryParams | undefined
   /**
    * Request headers. Connection-level headers (`host`, `connection`, `content-length`,
-   * `transfer-encoding`, ...) are refused.
+   * `transfer-encoding`, ...) are refused, and so is a name given twice in different cases
+   * (`{ 'X-A': '1', 'x-a': '2' }`; several values go in an array).
    * @default undefined
    */
   readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>> | undefined

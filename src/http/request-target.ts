@@ -149,7 +149,8 @@ export function isToken(value: string): boolean {
 
 /**
  * Copies `headers` into `into` with lower-case names, checking names and values (undici would
- * otherwise fail the attempt, and the failure would be held against the downstream).
+ * otherwise fail the attempt, and the failure would be held against the downstream). A name
+ * given twice in `headers` (in different cases) is refused; one already in `into` is replaced.
  */
 export function addHeaders(
   into: Record<string, string | string[]>,
@@ -160,6 +161,9 @@ export function addHeaders(
   if (!isPlainObject(headers)) {
     throw new InvalidOptionError(option, 'a plain object of header names to values', headers)
   }
+  // The raw name each lower-case name was given as, in this bag: `{ 'X-A': '1', 'x-a': '2' }`
+  // names one header twice, and the copy below would keep the last value without a word.
+  const given = new Map<string, string>()
   for (const [rawName, value] of Object.entries(headers as Record<string, unknown>)) {
     if (value === undefined) continue
     const name = rawName.toLowerCase()
@@ -167,6 +171,15 @@ export function addHeaders(
     if (!tokenPattern.test(name)) {
       throw new InvalidOptionError(`${option}.${rawName}`, tokenName, rawName)
     }
+    const first = given.get(name)
+    if (first !== undefined) {
+      throw new InvalidOptionError(
+        `${option}.${rawName}`,
+        `a header named once (names are case-insensitive: also given as "${first}"; give several values as an array)`,
+        rawName,
+      )
+    }
+    given.set(name, rawName)
     if (reservedHeaders.has(name)) {
       throw new InvalidOptionError(
         `${option}.${rawName}`,

@@ -166,6 +166,11 @@ describe('options are checked at construction', () => {
       'services.a.baseUrl',
     ],
     [
+      'a default header named twice',
+      { services: { a: { baseUrl: 'http://x', headers: { Accept: 'a', accept: 'b' } } } },
+      'services.a.headers.accept',
+    ],
+    [
       'a negative attempt timeout',
       { services: { a: { baseUrl: 'http://x', attemptTimeoutMs: -1 } } },
       'services.a.attemptTimeoutMs',
@@ -354,6 +359,12 @@ describe('request options are checked before anything is sent', () => {
     ['an empty idempotency key', { path: '/', idempotencyKey: '' }, 'request.idempotencyKey'],
     ['a key with spaces', { path: '/', idempotencyKey: 'a b' }, 'request.idempotencyKey'],
     ['a query object value', { path: '/', query: { a: { b: 1 } } }, 'request.query.a'],
+    // Names are case-insensitive: the first of these was dropped without a word.
+    [
+      'one header named twice',
+      { path: '/', headers: { 'X-Tenant': 'a', 'x-tenant': 'b' } },
+      'request.headers.x-tenant',
+    ],
     // These went out as `?limit=NaN` and `?n=Infinity`, which no downstream reads as a number.
     ['a NaN query value', { path: '/', query: { limit: NaN } }, 'request.query.limit'],
     ['an Infinity query value', { path: '/', query: { n: [1, Infinity] } }, 'request.query.n'],
