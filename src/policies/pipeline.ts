@@ -77,7 +77,9 @@ type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
  * keeps one small state object and one promise (about 300 bytes) whatever the number of
  * policies. Calls that need more (a retry after a failure, a queueing bulkhead, a hard
  * timeout, a caller's signal, a deadline) leave the fused path where they need to and behave
- * exactly as before. Other policies are chained through one small closure each.
+ * exactly as before. Other policies are chained through one small closure each; one that hands
+ * its function less than a context (`{ signal }` only, or nothing) has the rest filled in from
+ * the context around it, so `fn` still sees a signal and the attempt number.
  *
  * The recommended order for calls to a downstream service is
  * `pipeline(timeout(overallMs), retry(), circuitBreaker(), timeout(perTryMs), bulkhead())`:
@@ -190,12 +192,21 @@ function isContextAware(policy: Policy): policy is ContextAwarePolicy {
   return typeof (policy as Partial<ContextAwarePolicy>)[executeInContext] === 'function'
 }
 
-// The context handed inward by a policy that builds its own (timeout, retry): its signal, and
-// the outer attempt unless the policy itself is on a later attempt.
-function merge(inner: PolicyContext, outer: PolicyContext): PolicyContext {
-  return inner.attempt !== 1 || outer.attempt === 1
-    ? inner
-    : { signal: inner.signal, attempt: outer.attempt }
+// The context handed inward by a policy that builds its own: its signal, and the outer attempt
+// unless the policy itself is on a later attempt. A policy breakwater does not know may hand fn
+// less than a PolicyContext (cockatiel's timeout, bulkhead and breaker hand { signal }; a
+// hand-written one may call fn()): what it leaves out is the outer context's, so fn still gets a
+// signal and a numeric attempt.
+function merge(inner: PolicyContext | undefined, outer: PolicyContext): PolicyContext {
+  if (inner === undefined || inner === null) return outer
+  const attempt = inner.attempt
+  if (attempt > 1 || (attempt === 1 && outer.attempt === 1)) {
+    if (inner.signal !== undefined) return inner
+  }
+  return {
+    signal: inner.signal ?? outer.signal,
+    attempt: attempt > 1 ? attempt : outer.attempt,
+  }
 }
 
 function isChainable(policy: Policy): policy is ChainablePolicy {
@@ -211,11 +222,7 @@ function link(policy: Policy, next: Link | undefined): Link {
     return (fn, context) => policy[executeInContext]((inner) => next(fn, inner), context)
   }
   if (next === undefined) {
-    return (fn, context) =>
-      policy.execute(
-        context.attempt === 1 ? fn : (inner) => fn(merge(inner, context)),
-        signalOf(context),
-      )
+    return (fn, context) => policy.execute((inner) => fn(merge(inner, context)), signalOf(context))
   }
   return (fn, context) =>
     policy.execute((inner) => next(fn, merge(inner, context)), signalOf(context))

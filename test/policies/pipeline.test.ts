@@ -118,6 +118,38 @@ describe('pipeline', () => {
     expect(seen).toEqual([1, 2])
   })
 
+  // "Anything with execute(fn, signal)" composes (docs/policies.md), and fn always receives a
+  // PolicyContext. cockatiel's timeout, bulkhead and breaker hand their fn { signal } only, and a
+  // hand-written JavaScript policy may call fn() with nothing: fn saw attempt undefined (and
+  // attempt undefined even on an outer retry's second attempt), or the call failed with a
+  // TypeError from inside pipeline ("Cannot read properties of undefined (reading 'attempt')").
+  it('hands fn a whole context through a policy of ones own that hands it less', async () => {
+    const signalOnly: Policy = {
+      execute: (fn, signal) =>
+        Promise.resolve((fn as (c: unknown) => unknown)({ signal: signal ?? neverAbortedSignal })),
+    } as Policy
+    const nothing: Policy = {
+      execute: (fn) => Promise.resolve((fn as () => unknown)()),
+    } as Policy
+    const controller = new AbortController()
+    for (const foreign of [signalOnly, nothing]) {
+      for (const shape of ['last', 'middle'] as const) {
+        const seen: Array<[unknown, unknown]> = []
+        const policy =
+          shape === 'last'
+            ? pipeline(new Repeat(2), foreign)
+            : pipeline(new Repeat(2), foreign, circuitBreaker())
+        await policy.execute(({ attempt, signal }) => {
+          seen.push([attempt, signal])
+        }, controller.signal)
+        expect(seen).toEqual([
+          [1, controller.signal],
+          [2, controller.signal],
+        ])
+      }
+    }
+  })
+
   it("passes the caller's signal through context-aware policies unchanged", async () => {
     const controller = new AbortController()
     let seen: PolicyContext | undefined
