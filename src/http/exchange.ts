@@ -47,6 +47,18 @@ export interface WriteTimeHeader {
 const headersPhase = 1
 const bodyPhase = 2
 
+// Errors of attempts whose downstream answered below 500 with a body over maxResponseBytes.
+const overLimitAnswers = new WeakSet<Error>()
+
+/**
+ * True for undici's `ResponseExceededMaxSizeError` of an attempt the downstream answered with a
+ * status below 500: the body was over this client's own limit, the downstream did its job, so
+ * the service's breaker does not count it (as it does not count a 4xx). A 5xx stays a failure.
+ */
+export function isOverLimitAnswer(error: unknown): boolean {
+  return error instanceof Error && overLimitAnswers.has(error)
+}
+
 /**
  * One attempt: an undici dispatch handler that buffers the response. It replaces undici's
  * `request()` so that an attempt needs no stream, no AbortController of its own and no undici
@@ -216,6 +228,13 @@ export class Exchange implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     // Also how undici gives up a request that never got a connection (refused, timed out).
     this.#settings.unsent.delete(this)
+    // undici checks the size as the body arrives, after the status (onResponseStart).
+    if (
+      error instanceof errors.ResponseExceededMaxSizeError &&
+      this.#status > 0 &&
+      this.#status < 500
+    )
+      overLimitAnswers.add(error)
     this.#fail(error)
   }
 

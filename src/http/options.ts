@@ -74,7 +74,8 @@ export interface HttpServiceOptions {
   readonly retry?: HttpRetryOptions | false | undefined
   /**
    * The service's circuit breaker, or `false` for none. It counts transient failures and 5xx
-   * answers, not 4xx answers.
+   * answers, not 4xx answers, nor answers below 500 whose body was over `maxResponseBytes`
+   * (unless an `isFailure` given here decides otherwise).
    * @default {} (opens after 5 consecutive failures, 30 s cooldown)
    */
   readonly circuitBreaker?: HttpCircuitBreakerOptions | false | undefined
@@ -136,7 +137,8 @@ export interface HttpServiceOptions {
   readonly headers?: Readonly<Record<string, string | readonly string[]>> | undefined
   /**
    * The largest response body accepted, in bytes; a larger one fails the attempt with undici's
-   * `ResponseExceededMaxSizeError` (not retried).
+   * `ResponseExceededMaxSizeError` (not retried, and not counted by the circuit breaker when the
+   * status is below 500: the downstream answered, the limit is this client's).
    * @default 16_777_216 (16 MiB)
    */
   readonly maxResponseBytes?: number | undefined

@@ -35,6 +35,7 @@ import {
   type Unsubscribe,
 } from '../index.js'
 import { type AbortListener, listenToSignal, unlistenToSignal } from '../policies/cancel-scope.js'
+import { countsAsFailure } from '../policies/circuit-breaker.js'
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { retryWithDeadlineReserve } from '../policies/retry.js'
@@ -45,6 +46,7 @@ import {
   Exchange,
   type ExchangePlan,
   type ExchangeSettings,
+  isOverLimitAnswer,
   type WriteTimeHeader,
 } from './exchange.js'
 import { idempotentMethods } from './methods.js'
@@ -341,6 +343,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         : withOptionPrefix(prefix, () =>
             circuitBreaker({
               name,
+              // A body over maxResponseBytes below 500 is an answer, not the downstream's failure:
+              // counted, one endpoint with large bodies opened the circuit for every call.
+              isFailure: (error) => !isOverLimitAnswer(error) && countsAsFailure(error),
               ...serviceManaged(`${prefix}.circuitBreaker`, options.circuitBreaker, ['clock']),
               clock,
             }),

@@ -248,8 +248,11 @@ let transitionCounter: Counter | undefined
 // How a finished call counts: 'answered' = threw an error that is not a failure.
 type Outcome = 'success' | 'answered' | 'error' | 'slow' | 'ignored'
 
-/** The default `isFailure`. */
-function countsAsFailure(error: unknown): boolean {
+/**
+ * The default `isFailure` (internal: not exported from the package root; the HTTP client's
+ * services narrow it).
+ */
+export function countsAsFailure(error: unknown): boolean {
   // A full bulkhead inside the breaker is local load shedding, not the downstream's fault.
   if (isLocalRefusal(error)) return false
   return classifyFailure(error) !== 'permanent'

@@ -425,6 +425,28 @@ describe('circuit breaker', () => {
     expect(server.hits).toHaveLength(2)
   })
 
+  // The downstream answered; the body was over this client's own limit. Counted, one endpoint
+  // with large answers opened the circuit, and every call to the service failed fast.
+  it('does not count an answer over maxResponseBytes against the service, unless a 5xx', async () => {
+    const server = await serve((req, res) => {
+      res.statusCode = req.url === '/broken' ? 500 : 200
+      res.end('x'.repeat(5_000))
+    })
+    const client = clientFor(server.url, {
+      maxResponseBytes: 1_000,
+      circuitBreaker: { window: { kind: 'consecutive', failures: 2 } },
+    })
+    for (let i = 0; i < 3; i++) {
+      const error = await failure(client.request('svc', { path: '/export' }))
+      expect((error as { code?: string }).code).toBe('UND_ERR_RES_EXCEEDED_MAX_SIZE')
+    }
+    expect(client.state().svc?.breaker).toBe('closed')
+    await failure(client.request('svc', { path: '/broken' }))
+    await failure(client.request('svc', { path: '/broken' }))
+    expect(client.state().svc?.breaker).toBe('open')
+    expect(server.hits).toHaveLength(5)
+  })
+
   it('does not count 4xx answers against the service', async () => {
     const server = await serve(statuses(400))
     const client = clientFor(server.url, {
