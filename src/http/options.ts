@@ -178,7 +178,9 @@ export type HttpRequestOptions = HttpRequestBaseOptions & HttpRequestBody
 export type HttpRequestBody =
   | {
       /**
-       * The request body. Bodies are buffered so that every attempt can send them again.
+       * The request body. Bodies are buffered so that every attempt can send them again; a
+       * `Uint8Array` is not copied: leave it unchanged until the call settles, or a retry sends
+       * what it holds then.
        * @default undefined
        */
       readonly body?: string | Uint8Array | undefined
