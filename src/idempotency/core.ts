@@ -78,6 +78,18 @@ export const defaultReplayHeaders: readonly string[] = [
   'cache-control',
 ]
 
+/**
+ * The default `storeResponse`: records every status below 500 except 408 (Request Timeout),
+ * 425 (Too Early) and 429 (Too Many Requests). Like a 5xx, those say the request was not
+ * processed and ask the client to send it again (a 429 after its `Retry-After`); recorded,
+ * every retry with the key got the refusal back for the key's whole retention, never the
+ * processing it was told to retry for (Stripe saves no result for a request that was rate
+ * limited either). Other 4xx are answers about the request itself and are recorded.
+ */
+export function defaultStoreResponse(status: number): boolean {
+  return status < 500 && status !== 429 && status !== 408 && status !== 425
+}
+
 /** The header added to every replayed response. */
 export const replayedHeader = 'idempotent-replayed'
 
@@ -190,7 +202,8 @@ export interface IdempotencyOptions {
    * its transaction is rolled back and the record deleted, so the client's retry runs again.
    * A handler that throws always releases. It decides at once: a promise it returns (an
    * `async` function) fails the request (500, key released) with `INVALID_OPTION` naming it.
-   * @default (status) => status < 500 (4xx are recorded, 5xx release)
+   * @default {@link defaultStoreResponse}: 4xx are recorded, except 408, 425 and 429; those and
+   * 5xx release
    */
   readonly storeResponse?: ((status: number) => boolean) | undefined
   /**
@@ -725,7 +738,7 @@ class IdempotencyCore implements Idempotency {
     this.#waitTimeoutMs = checkInteger('waitTimeoutMs', options.waitTimeoutMs ?? 10_000, 0)
     this.#storeResponse =
       options.storeResponse === undefined
-        ? (status) => status < 500
+        ? defaultStoreResponse
         : checkFunction<(status: number) => boolean>('storeResponse', options.storeResponse)
     this.#replayHeaders = checkReplayHeaders(options.replayHeaders ?? defaultReplayHeaders)
     this.#problemTypeBase =

@@ -15,7 +15,12 @@ export type {
   IdempotentExecution,
   RunOptions,
 } from './core.js'
-export { createIdempotency, defaultReplayHeaders, replayedHeader } from './core.js'
+export {
+  createIdempotency,
+  defaultReplayHeaders,
+  defaultStoreResponse,
+  replayedHeader,
+} from './core.js'
 export type {
   IdempotencyError,
   IdempotencyKeyRule,

@@ -64,8 +64,8 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
       ])
       await setup.afterWrite?.({ key: ctx!.key, attempt: ctx!.attempt })
       if (amount < 0) throw new Error('refused after the business write')
-      if (amount === 503) {
-        res.writeHead(503, { 'content-type': 'text/plain' }).end('try again')
+      if (amount === 503 || amount === 408 || amount === 425 || amount === 429) {
+        res.writeHead(amount, { 'content-type': 'text/plain', 'retry-after': '1' }).end('try again')
         return
       }
       if (amount === 0) {
@@ -280,6 +280,26 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     // A recorded 4xx keeps its business write, as any recorded result does.
     expect((await charges()) - before).toBe(1)
   })
+
+  // 408, 425 and 429 say the request was not processed and ask the client to send it again
+  // (429 after its Retry-After): recorded as 4xx are, each retry was replayed the refusal for
+  // the key's whole retention (24 h), without even the Retry-After it asked to wait for.
+  it.each([408, 425, 429])(
+    'releases the key after a %i, which asks the client to retry',
+    async (status) => {
+      const { url, runs } = await start()
+      const key = randomUUID()
+      const before = await charges()
+      const body = JSON.stringify({ amount: status })
+      expect((await send(url, { key, body })).status).toBe(status)
+      expect(await recordOf('anonymous', key)).toBeUndefined()
+      const retried = await send(url, { key, body })
+      expect(retried.status).toBe(status)
+      expect(retried.headers['idempotent-replayed']).toBeUndefined()
+      expect(runs()).toBe(2)
+      expect(await charges()).toBe(before)
+    },
+  )
 
   it('answers 422 problem+json when a key is reused for a different request', async () => {
     const { url, runs } = await start()
