@@ -14,6 +14,7 @@ import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { PoisonMessageError, unstorableIdReason } from './errors.js'
 import { inboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
+import { checkTransactionExecutor } from './transaction.js'
 
 /** Options of {@link createInbox}. */
 export interface InboxOptions {
@@ -172,25 +173,15 @@ export function reportRefused(
 }
 
 /**
- * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each
- * statement on its own: the record would commit at once, and an `fn` that then failed would
- * leave it without its effect, so the redelivery would be taken for a duplicate and the effect
- * lost for good.
+ * Refuses an executor that is not a transaction's (see {@link checkTransactionExecutor}): the
+ * record would commit at once, and an `fn` that then failed would leave it without its effect,
+ * so the redelivery would be taken for a duplicate and the effect lost for good.
  */
 function checkInboxTransaction(tx: unknown): void {
-  const executor = tx as Partial<SqlDriver> | null | undefined
-  if (
-    typeof executor !== 'object' ||
-    executor === null ||
-    typeof executor.execute !== 'function' ||
-    typeof executor.close === 'function'
-  ) {
-    throw new InvalidOptionError(
-      'tx',
-      "the transaction of the handler's writes (db.transaction's tx), not the driver: the inbox record must commit with them",
-      tx,
-    )
-  }
+  checkTransactionExecutor(
+    tx,
+    "the transaction of the handler's writes (db.transaction's tx), not the driver: the inbox record must commit with them",
+  )
 }
 
 /**

@@ -20,6 +20,7 @@ import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
+import { checkTransactionExecutor } from './transaction.js'
 
 /** Header that carries the correlation id of an event (the flow it belongs to). */
 export const CORRELATION_ID_HEADER = 'correlation-id'
@@ -106,6 +107,9 @@ export interface Outbox {
    * Writes one event in the caller's transaction (`tx`: a breakwater transaction, or any
    * executor wrapping the application's own: `fromPgClient`, `fromBetterSqlite`, `fromKysely`),
    * so the event commits or rolls back with the business write. Resolves to the event id.
+   * The driver itself is refused with `InvalidOptionError` naming `tx`: the row would commit
+   * on its own (on PostgreSQL, inside `db.transaction`, on another connection, surviving a
+   * rollback); an event with no business write goes through `db.transaction` too.
    *
    * On SQLite the row is written by one statement issued synchronously within this call, so it
    * also works inside a synchronous better-sqlite3 `db.transaction(() => ...)` body.
@@ -291,8 +295,13 @@ class SqlOutbox implements Outbox {
     // Everything up to the first statement runs synchronously (see the SQLite note above).
     let rows: PreparedRow[]
     try {
-      if (typeof tx !== 'object' || tx === null || typeof tx.execute !== 'function')
-        throw new InvalidOptionError('tx', 'a SqlExecutor', tx)
+      // The driver itself was taken: the row committed on its own, and inside db.transaction
+      // (db passed for tx by mistake) PostgreSQL wrote it on another pooled connection, so the
+      // event was published for a business write that rolled back.
+      checkTransactionExecutor(
+        tx,
+        "the transaction of the business write (db.transaction's tx, or fromPgClient, fromBetterSqlite or fromKysely of your own), not the driver: the event must commit with it",
+      )
       if (Array.isArray(input)) {
         // By index, not map: map skips the holes of a sparse list, which then went to the
         // database unchecked (a bare NOT NULL error) and left holes in the ids resolved.

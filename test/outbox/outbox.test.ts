@@ -141,6 +141,27 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     expect(await count(t.db, 'orders', "WHERE id = 'o2'")).toBe(0)
   })
 
+  // db passed for tx by mistake inside db.transaction: on PostgreSQL the driver ran the insert
+  // on another pooled connection, committed at once, so the event outlived the rolled-back
+  // business write (SQLite's driver refused the nested call, TRANSACTION_MISUSE, by luck).
+  it('refuses the driver itself, writing nothing, in or out of a transaction', async () => {
+    const event = { aggregateType: 'order', aggregateId: 'o-drv', type: 'order-placed', payload: 1 }
+    const before = await count(t.db, 'breakwater_outbox')
+    const outside = await outbox.enqueue(t.db, event).catch((e: unknown) => e)
+    expect(outside).toBeInstanceOf(InvalidOptionError)
+    expect((outside as InvalidOptionError).option).toBe('tx')
+    const inside = await t.db
+      .transaction(async (tx) => {
+        await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o-drv', 1])
+        await outbox.enqueue(t.db, [event])
+      })
+      .catch((e: unknown) => e)
+    expect(inside).toBeInstanceOf(InvalidOptionError)
+    expect((inside as InvalidOptionError).option).toBe('tx')
+    expect(await count(t.db, 'breakwater_outbox')).toBe(before)
+    expect(await count(t.db, 'orders', "WHERE id = 'o-drv'")).toBe(0)
+  })
+
   it('enqueues many events in order with one call, ids in insertion order', async () => {
     const events = Array.from({ length: 2_500 }, (_, i) => ({
       id: `bulk-${i}`,
