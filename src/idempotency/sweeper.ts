@@ -70,17 +70,20 @@ async function sweepBatches(
  * Deletes idempotency records whose retention has ended, in bounded batches (each batch one
  * short statement in its own transaction), and returns how many it deleted.
  *
- * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ * An unknown (misspelt) option, a bad value or a store it cannot use rejects the returned
+ * promise with `InvalidOptionError` (`INVALID_OPTION`) naming it; nothing is thrown at the call.
  *
  * @example
  * ```ts
  * const deleted = await sweepExpired(db, { batchSize: 500 })
  * ```
  */
-export function sweepExpired(
+export async function sweepExpired(
   store: IdempotencyStore | SqlDriver,
   options: SweepOptions = {},
 ): Promise<number> {
+  // async: a refusal below rejects the promise the caller handles, rather than throwing at the
+  // call past its .catch() (as in a timer's sweepExpired(db, cfg).catch(log)).
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
   checkOptionKeys('options', options, sweepOptions, { bareNames: true })

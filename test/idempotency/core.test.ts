@@ -393,6 +393,26 @@ describe('the protocol (memory store)', () => {
     expect(store.size).toBe(1)
   })
 
+  // It returns a promise, so bad input must reject it: thrown at the call, the refusal escaped
+  // a caller's .catch() (sweepExpired(db, cfg).catch(log) in a timer ended the process).
+  it('rejects, rather than throws at the call, for options or a store it cannot take', async () => {
+    const store = createMemoryIdempotencyStore()
+    const calls = [
+      () => sweepExpired(store, { batchSize: 0 }),
+      () => sweepExpired(store, { maxBatches: -1 }),
+      () => sweepExpired(store, { batchSz: 10 } as never),
+      () => sweepExpired(store, 5 as never),
+      () => sweepExpired(1 as never),
+    ]
+    for (const call of calls) {
+      let swept: Promise<number> | undefined
+      expect(() => {
+        swept = call()
+      }).not.toThrow()
+      await expect(swept).rejects.toBeInstanceOf(InvalidOptionError)
+    }
+  })
+
   it('runs a background sweeper on the clock until closed', async () => {
     const { idempotency, store, clock, handler } = setup({ retentionMs: 1_000 })
     const sweeper = createSweeper({ store, clock, intervalMs: 5_000, batchSize: 2 })
