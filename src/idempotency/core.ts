@@ -65,7 +65,12 @@ import type {
   JsonValue,
 } from './types.js'
 
-/** The response headers stored and replayed by default (besides status and body). */
+/**
+ * The response headers stored and replayed by default (besides status and body): the content's
+ * own headers, and those RFC 9110 requires beside a status that is recorded by default
+ * (`www-authenticate` with 401, `allow` with 405, `proxy-authenticate` with 407,
+ * `content-range` with 206 and 416), so that no replay is a response HTTP forbids.
+ */
 export const defaultReplayHeaders: readonly string[] = [
   'content-type',
   'content-language',
@@ -76,6 +81,10 @@ export const defaultReplayHeaders: readonly string[] = [
   'last-modified',
   'link',
   'cache-control',
+  'www-authenticate',
+  'allow',
+  'proxy-authenticate',
+  'content-range',
 ]
 
 /**
@@ -217,7 +226,8 @@ export interface IdempotencyOptions {
    * (a replayed `connection: close` would close the client's connection on every replay), and
    * each adapter sets `content-length` from the recorded body itself.
    * @default defaultReplayHeaders (content-type, content-language, content-encoding,
-   * content-disposition, location, etag, last-modified, link, cache-control)
+   * content-disposition, location, etag, last-modified, link, cache-control, www-authenticate,
+   * allow, proxy-authenticate, content-range)
    */
   readonly replayHeaders?: readonly string[] | undefined
   /**
