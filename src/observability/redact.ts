@@ -14,21 +14,28 @@ export const REDACTED = '[redacted]'
 // `accessToken`, `set-cookie`, `proxy-authorization`; names that merely contain a word
 // (`tokens`, `secretFile`, `passwordPolicy`) are left alone. The secret half of a key pair is
 // named secret-then-key (AWS's secretAccessKey, S3 clients' secretKey, Django's SECRET_KEY):
-// a `secret` suffix alone left it written, beside a masked sessionToken.
+// a `secret` suffix alone left it written, beside a masked sessionToken. A collection of secrets
+// is one too (Express's req.cookies holds session ids under names such as `sid`, which no
+// suffix marks), except `tokens`: that is a count (an LLM's max_tokens) as often as not.
 const secretSuffixes = [
   'password',
+  'passwords',
   'passwd',
   'passphrase',
   'secret',
+  'secrets',
   'secretkey',
   'secretaccesskey',
   'token',
   'apikey',
+  'apikeys',
   'privatekey',
+  'privatekeys',
   'credential',
   'credentials',
   'authorization',
   'cookie',
+  'cookies',
   'sessionid',
 ]
 
@@ -40,7 +47,9 @@ export function normalizeKey(key: string): string {
 /**
  * True when a field of this name holds a secret (password, secret, secret key as in
  * `secretAccessKey`, token, API key, private key, credentials, authorization, cookie, session
- * id, in any case and with `-`/`_` spelling), or when its normalized name is one of `extra`.
+ * id, in any case and with `-`/`_` spelling; `cookies`, `secrets`, `passwords`, `apiKeys` and
+ * `privateKeys` too, but not `tokens`, which is as often a count), or when its normalized name
+ * is one of `extra`.
  *
  * @example
  * ```ts

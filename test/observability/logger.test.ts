@@ -361,6 +361,30 @@ describe('redaction helpers', () => {
       expect(redactSecrets(text!), text).toBe(masked)
   })
 
+  it('takes a collection of secrets for secrets: cookies, secrets, passwords, apiKeys', () => {
+    // Express's and Fastify's req.cookies (and cookie-parser's signedCookies) is an object of
+    // cookies by name: `sid` and `connect.sid` are not secret names, so only the collection's
+    // name can tell that the session ids under it are credentials. `tokens` stays a count
+    // (an LLM's max_tokens, token_count), as the test above says.
+    for (const key of [
+      'cookies',
+      'signedCookies',
+      'secrets',
+      'passwords',
+      'apiKeys',
+      'privateKeys',
+    ])
+      expect(isSecretKey(key), key).toBe(true)
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    log.info('request', {
+      req: { path: '/cart', cookies: { sid: 's%3Aabc123', 'connect.sid': 's%3Adef456' } },
+    })
+    expect(out.raw()).not.toMatch(/abc123|def456/)
+    expect(out.lines()[0]!.req).toEqual({ path: '/cart', cookies: '[redacted]' })
+    expect(redactSecrets('cookies: sid=abc123; theme=dark')).toBe('cookies: ***')
+  })
+
   it('masks key=value pairs whose key ends in a secret name, as field names are judged', () => {
     for (const [text, masked] of [
       // A value runs over blanks up to the next pair (a password may hold a space).
