@@ -50,7 +50,11 @@ export interface RunUntilSignalOptions {
   readonly drainTimeoutMs?: number | (() => number) | undefined
   /**
    * Called when a signal arrives: `'drain'` for the first, `'force'` for any later one (during
-   * the drain, or during a start that the first one interrupted). For logging.
+   * the drain, or during a start that the first one interrupted). For logging, with a logger
+   * that cannot throw: an error it throws is not caught (a bug should surface), but only after
+   * the drain or the forced end has been set off. It is thrown from the signal listener, so on
+   * `process` it is an uncaughtException, which, with no handler for it, ends the process at
+   * once: before `stop()` ran, without a graceful shutdown.
    * @default none
    */
   readonly onSignal?: ((signal: NodeJS.Signals, phase: 'drain' | 'force') => void) | undefined
