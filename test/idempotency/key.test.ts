@@ -53,6 +53,17 @@ describe('parseIdempotencyKey', () => {
     expect(ruleOf('"caf\u00e9"')).toBe('syntax')
   })
 
+  // An sf-string ends at its first unescaped quote: a value going on after it (an RFC 8941
+  // parameter, `"k1";v=1`) was told its quoted string "does not end", which it does.
+  it('says a quoted key has text after its closing quote rather than that the quote does not end', () => {
+    for (const value of ['"k1";v=1', '"k1" x', '"k1"x"', '"a\\\\"b']) {
+      expect(ruleOf(value)).toBe('syntax')
+      expect(() => parseIdempotencyKey(value)).toThrow(/text after its closing quote/)
+    }
+    expect(() => parseIdempotencyKey('"abc')).toThrow(/starts a quoted string that does not end/)
+    expect(() => parseIdempotencyKey('"ab\\"')).not.toThrow(/text after/)
+  })
+
   it('refuses a key sent on two header lines with the repeated rule, exactly when told', () => {
     // Folded by Node and by Fetch Headers into one value joined with ", ".
     expect(ruleOf('abc, abd')).toBe('repeated')
