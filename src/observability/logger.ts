@@ -420,6 +420,28 @@ function secretValueIndexes(array: readonly unknown[], core: LoggerCore): Set<nu
   return secrets
 }
 
+// What says where a failure happened, beside its code: Node's system errors (`errno`,
+// `syscall`, `address`, `port`, `path`, `dest`) and pg's DatabaseError (`detail`, `hint`,
+// `severity`, `schema`, `table`, `column`, `constraint`, `routine`). Written only as text
+// (masked as any string is) or numbers: an object under one of these names is not a
+// diagnostic anyone relies on, and would only be one more place for a secret to hide.
+const diagnosticFields = [
+  'errno',
+  'syscall',
+  'address',
+  'port',
+  'path',
+  'dest',
+  'detail',
+  'hint',
+  'severity',
+  'schema',
+  'table',
+  'column',
+  'constraint',
+  'routine',
+] as const
+
 // Operational failures with a stable code (broker down, timeout, open circuit) are expected
 // and logged often: their stack says nothing new, so only unexpected errors carry one.
 function serializeError(
@@ -439,6 +461,11 @@ function serializeError(
   const extra = error as unknown as Record<string, unknown>
   if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, walk)
   if (typeof extra.status === 'number') out.status = extra.status
+  for (const field of diagnosticFields) {
+    const value = extra[field]
+    if (typeof value === 'string') out[field] = text(value)
+    else if (typeof value === 'number') out[field] = value
+  }
   if (!BreakwaterError.is(error) && error.stack !== undefined) {
     out.stack = text(error.stack)
   }
@@ -459,7 +486,10 @@ function serializeError(
  * header list (`req.rawHeaders`, the [name, value] pairs of `Object.entries`), and credentials inside any string (URL
  * passwords, `password=` pairs, `x-api-key: ...` header lines, `{ token: '...' }` object text,
  * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
- * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
+ * code, status, stack, cause }` (no stack for breakwater's coded errors), with the diagnostic
+ * fields of Node's system errors (`errno`, `syscall`, `address`, `port`, `path`, `dest`) and
+ * of pg's (`detail`, `hint`, `severity`, `schema`, `table`, `column`, `constraint`,
+ * `routine`) when they hold text or a number. Circular and very
  * deep values are cut short, so are strings past 8,192 characters and arrays past 100 items,
  * and one call's fields write about 1 MiB of text at most (a huge Map or a graph of shared
  * references is written `[truncated]` past it), and a value that throws when read (a getter, `toJSON`, a revoked

@@ -1,3 +1,4 @@
+import { connect } from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { createJsonLogger, isSecretKey, redactSecrets } from '../../src/observability/index.js'
@@ -168,6 +169,58 @@ describe('createJsonLogger', () => {
     expect(error.stack).toBeUndefined()
     expect(error.cause).toMatchObject({ type: 'Error', message: 'refused', code: 'ECONNREFUSED' })
     expect(typeof (error.cause as Record<string, unknown>).stack).toBe('string')
+  })
+
+  it("keeps a system error's syscall, address, port and path, and a database error's detail", async () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    // A real refused connect: port 1 on loopback has no listener here.
+    const refused = await new Promise<Error>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port: 1 })
+      socket.on('error', resolve)
+    })
+    // pg's DatabaseError carries these fields, all strings; the constraint says which rule broke.
+    const unique = Object.assign(new Error('duplicate key value violates unique constraint'), {
+      code: '23505',
+      detail: 'Key (email)=(ann@example.com) already exists.',
+      schema: 'public',
+      table: 'users',
+      constraint: 'users_email_key',
+      hint: undefined,
+      severity: 'ERROR',
+    })
+    log.error('failed', { error: refused, db: unique })
+    const line = out.lines()[0]!
+    expect(line.error).toMatchObject({
+      code: 'ECONNREFUSED',
+      errno: expect.any(Number),
+      syscall: 'connect',
+      address: '127.0.0.1',
+      port: 1,
+    })
+    expect(line.db).toMatchObject({
+      code: '23505',
+      detail: 'Key (email)=(ann@example.com) already exists.',
+      schema: 'public',
+      table: 'users',
+      constraint: 'users_email_key',
+      severity: 'ERROR',
+    })
+    expect(line.db).not.toHaveProperty('hint')
+  })
+
+  it('masks secrets in the diagnostic fields of an error, and writes only their text or numbers', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const error = Object.assign(new Error('bad'), {
+      detail: 'connect to postgres://app:hunter2@db/x failed',
+      path: { secret: 'x' },
+    })
+    log.error('failed', { error })
+    const written = out.lines()[0]!.error as Record<string, unknown>
+    expect(out.raw()).not.toContain('hunter2')
+    expect(written.detail).toContain('postgres://app:')
+    expect(written).not.toHaveProperty('path')
   })
 
   it('never throws on circular, deep, odd or reserved-name values', () => {
