@@ -423,6 +423,7 @@ class SqlOutbox implements Outbox {
     if (this.#trace) propagation.inject(context.active(), headers, traceSetter)
     if (event.headers !== undefined) {
       checkObject(`${at}.headers`, event.headers)
+      checkNoSymbolHeaders(`${at}.headers`, event.headers)
       for (const [name, value] of Object.entries(event.headers)) {
         // What every broker carries: an HTTP field name (the webhook sends the headers as HTTP
         // headers; nats.js refuses a name with a space or a colon), not one of the reserved
@@ -482,6 +483,22 @@ class SqlOutbox implements Outbox {
       headers: JSON.stringify(headers),
       partition: partitionOf(event.aggregateId),
     }
+  }
+}
+
+/**
+ * Refuses an own enumerable symbol key in an event's headers: `Object.entries` skips it, so the
+ * header was dropped without a word, where the payload refuses one (JSON would leave it out).
+ * Non-enumerable ones are metadata, skipped as JSON skips them.
+ */
+function checkNoSymbolHeaders(option: string, headers: object): void {
+  for (const symbol of Object.getOwnPropertySymbols(headers)) {
+    if (Object.prototype.propertyIsEnumerable.call(headers, symbol))
+      throw new InvalidOptionError(
+        option,
+        'header names that are strings (a symbol key would be left out)',
+        String(symbol),
+      )
   }
 }
 
