@@ -424,7 +424,8 @@ class SqlOutbox implements Outbox {
     if (event.headers !== undefined) {
       checkObject(`${at}.headers`, event.headers)
       checkNoSymbolHeaders(`${at}.headers`, event.headers)
-      for (const [name, value] of Object.entries(event.headers)) {
+      for (const name of Object.keys(event.headers)) {
+        const value = readHeader(`${at}.headers.${name}`, event.headers, name)
         // What every broker carries: an HTTP field name (the webhook sends the headers as HTTP
         // headers; nats.js refuses a name with a space or a colon), not one of the reserved
         // names, and a value without CR, LF, NUL or half of a surrogate pair (no UTF-8 form:
@@ -483,6 +484,25 @@ class SqlOutbox implements Outbox {
       headers: JSON.stringify(headers),
       partition: partitionOf(event.aggregateId),
     }
+  }
+}
+
+/**
+ * Reads one header's value. A getter that throws is refused naming the header, its error the
+ * `cause`, as the payload's are: read by Object.entries, its error escaped bare, naming no field.
+ */
+function readHeader(option: string, headers: Readonly<Record<string, string>>, name: string) {
+  try {
+    return headers[name]
+  } catch (thrown) {
+    const error = new InvalidOptionError(
+      option,
+      `a header value that can be read (its getter threw: ${String(thrown)})`,
+      undefined,
+    )
+    // Not enumerable, as Error's own cause: a log of the error does not repeat it.
+    Object.defineProperty(error, 'cause', { value: thrown, writable: true, configurable: true })
+    throw error
   }
 }
 

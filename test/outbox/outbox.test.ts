@@ -308,6 +308,33 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     expect(() => createOutbox({ topic: '' })).toThrow(InvalidOptionError)
   })
 
+  // Read by Object.entries outside any check: the getter's error escaped bare, naming no field
+  // (a payload getter that throws is refused naming its path, with the error as cause).
+  it('refuses a header whose getter throws, naming it, with the error as cause', async () => {
+    const boom = new Error('tenant not loaded')
+    const headers = {
+      ok: 'v',
+      get tenant(): string {
+        throw boom
+      },
+    }
+    const error = await t.db
+      .transaction((tx) =>
+        outbox.enqueue(tx, {
+          aggregateType: 'order',
+          aggregateId: 'g',
+          type: 't',
+          payload: 1,
+          headers,
+        }),
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('event.headers.tenant')
+    expect((error as Error).message).toContain('tenant not loaded')
+    expect((error as Error).cause).toBe(boom)
+  })
+
   it('outbox.transaction() commits and rolls back the events with the business write', async () => {
     const event = { aggregateType: 'order', aggregateId: 'tx-1', type: 'x', payload: 1 }
     const id = await outbox.transaction(t.db, async (tx) => {
