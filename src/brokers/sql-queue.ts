@@ -20,6 +20,7 @@ import {
 } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
 import { removeInBatches, yieldToEventLoop } from '../stores/batches.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import {
   type AppliedMigration,
   type Migration,
@@ -1298,14 +1299,7 @@ export interface PruneSqlQueueOptions {
 
 /** Refuses, naming option `db`, anything that is not a SQLite or PostgreSQL SqlDriver. */
 function checkQueueDb(db: SqlDriver): void {
-  if (
-    typeof db !== 'object' ||
-    db === null ||
-    typeof db.transaction !== 'function' ||
-    (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
-  ) {
-    throw new InvalidOptionError('db', 'a SqlDriver', db)
-  }
+  checkSqlDriver('db', db)
 }
 
 /** The keys PruneSqlQueueOptions takes (internal: not exported from the package root). */

@@ -9,6 +9,7 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import { parseStoredJson, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
@@ -474,14 +475,7 @@ export class EventStoreImpl implements EventStore {
   readonly #batcher: AppendBatcher | undefined
 
   constructor(db: SqlDriver, options: EventStoreOptions) {
-    if (
-      typeof db !== 'object' ||
-      db === null ||
-      typeof db.transaction !== 'function' ||
-      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
-    ) {
-      throw new InvalidOptionError('db', 'a breakwater SqlDriver (SQLite or PostgreSQL)', db)
-    }
+    checkSqlDriver('db', db, 'a breakwater SqlDriver (SQLite or PostgreSQL)')
     checkObject('options', options)
     // A misspelt option (`notfy`) was dropped without a word: its default was used instead.
     checkOptionKeys('options', options, storeOptions)

@@ -72,6 +72,7 @@ import { classifyFailure, retryAfterMsOf } from '../policies/classify.js'
 import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
+import { checkSqlExecutor } from '../stores/check-driver.js'
 import {
   parseStoredObject,
   readStoredWholeNumber,
@@ -626,14 +627,7 @@ class OutboxRelay implements Relay {
     // A misspelt maxAttempts or leaseMs was dropped without a word and its default used.
     checkOptionKeys('relay', options, relayOptions)
     const db = options.db
-    if (
-      typeof db !== 'object' ||
-      db === null ||
-      typeof db.query !== 'function' ||
-      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
-    ) {
-      throw new InvalidOptionError('relay.db', 'a SqlDriver', db)
-    }
+    checkSqlExecutor('relay.db', db, 'a SqlDriver')
     this.#db = db
     this.#sql = outboxStatements[db.dialect]
     const publisher = options.publisher

@@ -1,6 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
+import { checkSqlDriver, checkSqlExecutor } from './check-driver.js'
 import { MigrationConflictError, SchemaTooNewError } from './errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
@@ -104,6 +105,7 @@ export async function runMigrations(
   migrations: readonly Migration[],
   options: RunMigrationsOptions = {},
 ): Promise<AppliedMigration[]> {
+  checkSqlDriver('db', db, 'a SqlDriver (openDatabase)')
   if (typeof capability !== 'string' || !/^[a-z][a-z0-9-]*$/.test(capability)) {
     throw new InvalidOptionError('capability', 'a kebab-case name', capability)
   }
@@ -167,6 +169,7 @@ export async function checkSchemaVersion(
   capability: string,
   migrations: readonly Migration[],
 ): Promise<void> {
+  checkSqlExecutor('db', db)
   const ordered = checkMigrations(capability, migrations)
   const recorded = (await listAppliedMigrations(db))
     .filter((m) => m.capability === capability)
@@ -192,6 +195,7 @@ function refuseNewer(
  * the connection's `search_path` finds, as for {@link runMigrations}.
  */
 export async function listAppliedMigrations(db: SqlExecutor): Promise<AppliedMigration[]> {
+  checkSqlExecutor('db', db)
   // PostgreSQL: the table as the SELECT below resolves it, through the search_path; a
   // breakwater_migrations in another schema (another tenant's, another app's) is not this one's.
   const exists =

@@ -258,6 +258,24 @@ describe.each(targets)('$dialect migrations', (target) => {
     await expect(runMigrations(db, 'Bad Name', [])).rejects.toThrow(/capability/)
   })
 
+  // Passed what openDatabase did not return (an undefined from a failed setup, a URL string),
+  // these rejected with a bare TypeError from inside ("reading 'transaction'").
+  it('refuses a db that is not a driver or executor, naming db', async () => {
+    const ok = sameSql(['SELECT 1'])
+    for (const db of [undefined, null, 'sqlite:./x.db', {}]) {
+      const refusal = new InvalidOptionError('db', 'a SqlDriver (openDatabase)', db)
+      await expect(
+        runMigrations(db as unknown as SqlDriver, 'x', [{ version: 1, name: 'a', ...ok }]),
+      ).rejects.toThrow(refusal)
+      await expect(listAppliedMigrations(db as unknown as SqlDriver)).rejects.toThrow(
+        new InvalidOptionError('db', 'a SqlExecutor (a SqlDriver or its transaction)', db),
+      )
+      await expect(checkSchemaVersion(db as unknown as SqlDriver, 'x', [])).rejects.toThrow(
+        new InvalidOptionError('db', 'a SqlExecutor (a SqlDriver or its transaction)', db),
+      )
+    }
+  })
+
   // A timestamp as version (knex, node-pg-migrate, Rails: 20240101120000) does not fit
   // breakwater_migrations.version, an INTEGER on PostgreSQL: there it failed with pg's bare
   // 'out of range for type integer' after the migration's statements had run (rolled back),
