@@ -214,7 +214,9 @@ export function createInbox(options: InboxOptions): Inbox {
  * transaction on `db` through an inbox for `consumer`. Duplicates resolve without running
  * `fn`; a failing `fn` rolls back and rejects, so the broker redelivers the message. A poison
  * message (see {@link PoisonMessageError}) resolves without running `fn` (acknowledged, not
- * redelivered) and is reported to `options.onRefused`.
+ * redelivered) and is reported to `options.onRefused`. `options` takes the other
+ * {@link InboxOptions}; a `consumer` there too is refused with `InvalidOptionError` (one of the
+ * two names was ignored without a word).
  *
  * @example
  * ```ts
@@ -234,6 +236,13 @@ export function inboxHandler(
     throw new InvalidOptionError('db', 'a SqlDriver', db)
   checkFunction('fn', fn)
   checkObject('options', options)
+  // The argument silently won over it: one of the two names was ignored without a word.
+  if ((options as InboxOptions).consumer !== undefined)
+    throw new InvalidOptionError(
+      'options.consumer',
+      'no consumer in the options (it is the second argument of inboxHandler)',
+      (options as InboxOptions).consumer,
+    )
   const inbox = createInbox({ ...options, consumer })
   return (message) =>
     db.transaction(async (tx) => {

@@ -38,4 +38,12 @@ describe.each(dbTargets)('inbox options on $dialect', (target) => {
       refusal('inbox.onRefuse'),
     )
   })
+
+  // The argument silently won over it: a caller who wrote both had one of the two names
+  // ignored without a word, and records kept under a consumer it may not have meant.
+  it('inboxHandler refuses a consumer in its options, beside the consumer argument', () => {
+    expect(() =>
+      inboxHandler(t.db, 'billing', async () => {}, { consumer: 'emails' } as never),
+    ).toThrowError(refusal('options.consumer'))
+  })
 })
