@@ -15,6 +15,7 @@ import {
 import { listAppliedMigrations, type SqlDialect, type SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
+import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
 
@@ -298,12 +299,13 @@ function cell(value: number | undefined, show: (value: number) => string): strin
 }
 
 function table(events: readonly DeadEvent[]): string {
+  // Stored text, accepted at enqueue with any control character in it: see printable.
   const rows = events.map((e) => [
     String(e.id),
-    e.eventId,
-    `${e.aggregateType}/${e.aggregateId}`,
-    e.type,
-    e.topic,
+    printable(e.eventId),
+    printable(`${e.aggregateType}/${e.aggregateId}`),
+    printable(e.type),
+    printable(e.topic),
     cell(e.attempts, String),
     cell(e.deadAt, (ms) => new Date(ms).toISOString()),
     oneLine(e.lastError ?? ''),
@@ -330,6 +332,6 @@ function table(events: readonly DeadEvent[]): string {
 }
 
 function oneLine(text: string): string {
-  const flat = redactSecrets(text).replace(/\s+/g, ' ').trim()
+  const flat = printable(redactSecrets(text).replace(/\s+/g, ' ').trim())
   return flat.length > 120 ? `${flat.slice(0, 119)}…` : flat
 }

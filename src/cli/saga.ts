@@ -20,6 +20,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
+import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
 
@@ -352,19 +353,11 @@ function truncate(text: string, max: number): string {
   return shown.length > max ? `${shown.slice(0, max - 1)}…` : shown
 }
 
-const escapes: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
-
 // Stored text (a reason, an error message, an operator's name, the id, the saga's name, the
 // lease owner, the input and context as JSON) is printed inside a table row or on a field's
 // line: a line break in it broke the layout, its rest read as rows or fields of their own (a
-// worker id may hold one).
-// Control characters and line separators are shown escaped (\n, \r, \t, \u001b).
-function oneLine(text: string): string {
-  return text.replace(
-    /[\p{Cc}\u2028\u2029]/gu,
-    (c) => escapes[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  )
-}
+// worker id may hold one). See printable.
+const oneLine = printable
 
 // A row changed outside breakwater is listed with the others: its cells that cannot be read
 // say so (a step shown as '-' read as a finished saga's), and a line under the table names
