@@ -55,6 +55,10 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * pg knows: pg ignores any other parameter without a word (`ssl_mode=require` would connect
  * without TLS, libpq's `dbname` or `connect_timeout` would change nothing), and turns TLS on for
  * an `sslmode` or `ssl` value it does not know (`ssl=false` too). libpq refuses them as well.
+ * `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout` and
+ * `query_timeout` are whole milliseconds up to 2147483647 (0: no limit, except
+ * `query_timeout`, left out for none): pg reads no unit (`1s` would be 1 ms), and a
+ * `query_timeout` of `0` or a non-number made every statement fail after 1 ms.
  *
  * The file part of a `sqlite:` URL is percent-decoded, as in any URL (and as pg decodes the
  * parts of a `postgres://` one): `sqlite:./my%20db.sqlite` names `./my db.sqlite`, `%3F` a `?`,

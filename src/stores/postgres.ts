@@ -30,6 +30,9 @@ export interface PostgresDriverOptions {
   /**
    * A `postgres://user:password@host:port/database` URL. Its query parameters must be ones pg
    * reads (`sslmode=require`, `application_name=...`); any other is refused, as pg would ignore it.
+   * Its timeouts (`statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`,
+   * `query_timeout`) are whole milliseconds, as pg reads them; a unit (`1s`) or a
+   * `query_timeout` of 0 is refused rather than taken as 1 ms.
    */
   readonly connectionString: string
   /**
@@ -414,6 +417,32 @@ const pgUrlValues: Readonly<Record<string, readonly string[]>> = {
   ssl: ['true', '1', '0', 'no-verify'],
 }
 
+/**
+ * The timeouts a URL may set, with the least each takes. pg reads the server's settings with
+ * parseInt (`statement_timeout=1s` was 1 ms, `abc` a server error about "NaN") and hands
+ * `query_timeout`'s text to setTimeout, which fires after 1 ms for anything that is not a
+ * positive 32-bit count: `0`, `abc`, `-5` or `100ms` failed every statement with "Query read
+ * timeout". So each is a whole number of milliseconds up to 2147483647 (PostgreSQL's and
+ * node's limit); the server's take 0 (no limit), `query_timeout` is left out for none.
+ */
+const pgUrlTimeouts: Readonly<Record<string, number>> = {
+  statement_timeout: 0,
+  lock_timeout: 0,
+  idle_in_transaction_session_timeout: 0,
+  query_timeout: 1,
+}
+
+/** What is wrong with a timeout `name` of a URL set to `value`; undefined when pg reads it right. */
+function pgUrlTimeoutDefect(name: string, value: string): string | undefined {
+  const least = pgUrlTimeouts[name]
+  if (least === undefined) return undefined
+  if (/^\d+$/.test(value) && Number(value) >= least && Number(value) <= maxTimerDelayMs) {
+    return undefined
+  }
+  const none = least === 0 ? ', 0 for no limit' : '; leave it out for no limit'
+  return `a postgres:// URL whose ${name} is a whole number of milliseconds from ${least} to ${maxTimerDelayMs}${none} (pg reads no unit), not ${JSON.stringify(value)}`
+}
+
 /** What {@link postgresUrlDefect} says of a URL that does not parse. @internal */
 export const unparsablePostgresUrl = 'a valid postgres:// URL'
 
@@ -445,6 +474,8 @@ export function postgresUrlDefect(url: string): string | undefined {
     if (values !== undefined && !values.includes(value)) {
       return `a postgres:// URL whose ${name} is one of ${values.join(', ')}, not ${JSON.stringify(value)}`
     }
+    const timeoutDefect = pgUrlTimeoutDefect(name, value)
+    if (timeoutDefect !== undefined) return timeoutDefect
   }
   return undefined
 }

@@ -134,6 +134,20 @@ describe('parseDatabaseUrl', () => {
     ['postgres://app:s3cret@db:0/app', /port is from 1 to 65535/],
     ['postgres://app:s3cret@db/app?port=0', /port is from 1 to 65535/],
     ['postgres://app:s3cret@db/app?port=5x', /port is from 1 to 65535/],
+    // pg reads the timeouts with parseInt (server ones) or hands the text to setTimeout
+    // (query_timeout): `1s` was 1 ms, and a query_timeout of 0, `abc`, `-5` or past 2^31 - 1
+    // failed every statement after 1 ms with "Query read timeout".
+    ['postgres://app:s3cret@db/app?statement_timeout=1s', /statement_timeout.*milliseconds.*"1s"/],
+    ['postgres://app:s3cret@db/app?lock_timeout=-5', /lock_timeout.*milliseconds.*"-5"/],
+    [
+      'postgres://app:s3cret@db/app?idle_in_transaction_session_timeout=x',
+      /idle_in_transaction_session_timeout.*"x"/,
+    ],
+    ['postgres://app:s3cret@db/app?statement_timeout=2147483648', /statement_timeout.*2147483647/],
+    ['postgres://app:s3cret@db/app?query_timeout=0', /query_timeout.*from 1 .*leave it out.*"0"/],
+    ['postgres://app:s3cret@db/app?query_timeout=abc', /query_timeout.*"abc"/],
+    ['postgres://app:s3cret@db/app?query_timeout=99999999999', /query_timeout.*"99999999999"/],
+    ['postgres://app:s3cret@db/app?query_timeout=100ms', /query_timeout.*"100ms"/],
   ])('rejects %j, a query parameter pg would ignore or misread, naming it', async (url, says) => {
     for (const parse of [
       async () => parseDatabaseUrl(url),
@@ -153,6 +167,8 @@ describe('parseDatabaseUrl', () => {
     'postgres://app@db/app?sslmode=disable&options=-c%20search_path%3Dx&statement_timeout=5000',
     'postgres://db/app?user=a&password=b&port=5433&host=db2&ssl=no-verify&client_encoding=UTF8',
     'postgres://db/app?uselibpqcompat=true&sslmode=prefer&lock_timeout=10&sslnegotiation=direct',
+    'postgres://db/app?statement_timeout=0&lock_timeout=2147483647&query_timeout=2147483647',
+    'postgres://db/app?idle_in_transaction_session_timeout=0&query_timeout=1',
   ])('takes %j, whose query parameters pg reads', (url) => {
     expect(parseDatabaseUrl(url)).toEqual({ dialect: 'postgres', connectionString: url })
   })
@@ -234,6 +250,29 @@ describe('openDatabase', () => {
         } finally {
           await db.close()
         }
+      }
+    } finally {
+      await database.drop()
+    }
+  })
+
+  it('applies timeouts given in the URL as milliseconds, on the server and on the client', async () => {
+    const database = await createTestDatabase('open-timeouts')
+    try {
+      const db = await openDatabase(
+        `${database.url}?statement_timeout=1500&lock_timeout=0&query_timeout=60000`,
+        { postgres: { maxConnections: 1 } },
+      )
+      try {
+        // A statement well within query_timeout runs (a query_timeout misread as 1 ms failed
+        // every one with "Query read timeout").
+        expect(
+          await db.query(
+            "SELECT current_setting('statement_timeout') AS statement, current_setting('lock_timeout') AS lock",
+          ),
+        ).toEqual([{ statement: '1500ms', lock: '0' }])
+      } finally {
+        await db.close()
       }
     } finally {
       await database.drop()
