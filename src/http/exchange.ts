@@ -26,6 +26,8 @@ export interface ExchangeSettings {
   readonly clock: Clock
   readonly headersTimeoutMs: number
   readonly bodyTimeoutMs: number
+  /** The limit undici enforces on a body (its `maxResponseSize`), named in its error. */
+  readonly maxResponseBytes: number
   /**
    * Attempts that ended while their request still waited for a connection: undici keeps such a
    * request until it gets one (see {@link Exchange.onRequestStart}), so close() must know that
@@ -229,12 +231,12 @@ export class Exchange implements Dispatcher.DispatchHandler {
     // Also how undici gives up a request that never got a connection (refused, timed out).
     this.#settings.unsent.delete(this)
     // undici checks the size as the body arrives, after the status (onResponseStart).
-    if (
-      error instanceof errors.ResponseExceededMaxSizeError &&
-      this.#status > 0 &&
-      this.#status < 500
-    )
-      overLimitAnswers.add(error)
+    if (error instanceof errors.ResponseExceededMaxSizeError) {
+      // Its own message ('Response content exceeded max size') names neither the service nor
+      // the limit, which the timeouts' messages do; class and code stay undici's.
+      error.message = `Service "${this.#plan.service}": the response body exceeded maxResponseBytes (${this.#settings.maxResponseBytes} bytes)`
+      if (this.#status > 0 && this.#status < 500) overLimitAnswers.add(error)
+    }
     this.#fail(error)
   }
 

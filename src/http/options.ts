@@ -137,8 +137,9 @@ export interface HttpServiceOptions {
   readonly headers?: Readonly<Record<string, string | readonly string[]>> | undefined
   /**
    * The largest response body accepted, in bytes; a larger one fails the attempt with undici's
-   * `ResponseExceededMaxSizeError` (not retried, and not counted by the circuit breaker when the
-   * status is below 500: the downstream answered, the limit is this client's).
+   * `ResponseExceededMaxSizeError` (code `UND_ERR_RES_EXCEEDED_MAX_SIZE`, its message naming the
+   * service and this limit; not retried, and not counted by the circuit breaker when the status
+   * is below 500: the downstream answered, the limit is this client's).
    * @default 16_777_216 (16 MiB)
    */
   readonly maxResponseBytes?: number | undefined

@@ -244,6 +244,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly clock: Clock
   readonly headersTimeoutMs: number
   readonly bodyTimeoutMs: number
+  readonly maxResponseBytes: number
   readonly unsent = new Set<Exchange>()
   readonly #base: BaseTarget
   readonly #retry: RetryPolicy | undefined
@@ -309,6 +310,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       options.maxResponseBytes ?? 16 * 1024 * 1024,
       0,
     )
+    this.maxResponseBytes = maxResponseBytes
 
     // A budget limits retries; without retry there is nothing for it to do.
     this.retryBudget =

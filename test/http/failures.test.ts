@@ -300,6 +300,11 @@ describe('network failures', () => {
     const client = clientFor(server.url, { maxResponseBytes: 1_000 })
     const error = await failure(client.request('svc', { path: '/' }))
     expect((error as { code?: string }).code).toBe('UND_ERR_RES_EXCEEDED_MAX_SIZE')
+    // undici's own message says only 'Response content exceeded max size': the service, the
+    // limit and the option are what a log reader needs, as the timeouts' messages name theirs.
+    expect((error as Error).message).toBe(
+      'Service "svc": the response body exceeded maxResponseBytes (1000 bytes)',
+    )
     expect(server.hits).toHaveLength(1)
   })
 
