@@ -67,9 +67,9 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * short where the C library reads it), is refused with `InvalidOptionError` rather than taken
  * as a literal name. So is a raw control character (`\r`, `\n`, tab, DEL): none belongs in a
  * URL, and one is mostly a line ending read with the URL from a file, which would open a new,
- * empty database under an odd name (encoded, as `%0A`, it is taken). A raw `?` is refused as
- * before (a SQLite URL takes no query: encode it as `%3F`); a raw space is taken, as before;
- * `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
+ * empty database under an odd name (encoded, as `%0A`, it is taken). A raw `?` is refused,
+ * saying so (a SQLite URL takes no query, `?mode=ro` included: encode a `?` as `%3F`); a raw
+ * space is taken, as before; `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
  * file has no use for a fragment). `sqlite:%3Amemory%3A` decodes to `:memory:` and so is the
  * in-memory database, like `sqlite::memory:`. A path that starts with `~` (`sqlite:~/app.db`) is
  * refused: nothing expands it here, so it would name a folder called `~` in the working
@@ -132,6 +132,11 @@ export function sqliteUrlDefect(url: string): string | undefined {
   return path === undefined ? undefined : sqliteUrlDefectOf(url, path)
 }
 
+// SQLite reads URI parameters (`mode=ro`, `cache=shared`) only from `file:` URIs, which the
+// driver does not open; a query here would be dropped or become part of the file's name.
+const noQuery =
+  'a sqlite: URL without a query (?...): it takes no parameters (set busyTimeoutMs and the others in options.sqlite); percent-encode a ? in the file name as %3F'
+
 const noHost =
   'a sqlite: URL without a host (SQLite opens no file on another machine): write sqlite:///abs/path for an absolute path, sqlite:./rel/path for a relative one'
 
@@ -143,19 +148,24 @@ const noHost =
  * documented, and `sqlite:///abs` (an empty host) an absolute one.
  */
 function sqliteUrlDefectOf(url: string, path: string): string | undefined {
+  // Before the file part: `app.db?mode=ro` is a query, not a file name with a `?` in it.
+  if (path.includes('?')) return noQuery
   const defect = sqlitePathDefect(path)
   if (defect !== undefined) return defect
   if (/^sqlite:\/\/[^/]+\//i.test(url)) return noHost
   return undefined
 }
 
-/** The still-encoded file part of a `sqlite:` URL; undefined when `url` is no such URL. */
+/**
+ * The still-encoded file part of a `sqlite:` URL (with any query, which
+ * {@link sqliteUrlDefectOf} refuses); undefined when `url` is no such URL or names no file.
+ */
 function sqlitePath(url: string): string | undefined {
   if (!/^sqlite:/i.test(url)) return undefined
   let path = url.slice('sqlite:'.length)
   // sqlite:///abs/path -> /abs/path, sqlite://rel.db -> rel.db
   if (path.startsWith('//')) path = path.slice(2)
-  return path !== '' && !path.includes('?') ? path : undefined
+  return path !== '' ? path : undefined
 }
 
 /** The URL names the file or server: a driver's settings must not name another one. */

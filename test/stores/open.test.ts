@@ -77,6 +77,20 @@ describe('parseDatabaseUrl', () => {
     expect(invalid.message).toMatch(/percent/)
   })
 
+  // A SQLite URL takes no query: SQLite's own URI parameters (`mode=ro`, `cache=shared`) are not
+  // read, and one was refused with the list of URL forms, saying nothing of the query.
+  it.each([
+    'sqlite:./app.db?mode=ro',
+    'sqlite::memory:?cache=shared',
+    'sqlite:///var/app.db?busy_timeout=100',
+    'sqlite:?mode=memory',
+  ])('rejects %j, a query, saying that a sqlite: URL takes none', (url) => {
+    const error = urlRefusal(url)
+    expect(error.option).toBe('url')
+    expect(error.value).toBe(url)
+    expect(error.message).toMatch(/without a query .*%3F/)
+  })
+
   // A URL holds no raw control character: one at the end is a line ending that came with the
   // URL from a file or an env file (`BREAKWATER_DB_URL=sqlite:./app.db\r`), which would open a
   // new, empty database under a name with that character in it. Encoded, it is deliberate.

@@ -21,7 +21,7 @@ workers: ${workers}
 describe('idempotency.url', () => {
   it.each([
     ['sqlite:', '"memory", "sqlite:<path>" or "postgres://..."'],
-    ['sqlite:x.db?mode=ro', 'a database URL: sqlite:<file>, sqlite::memory: or postgres://...'],
+    ['sqlite:x.db?mode=ro', 'a sqlite: URL without a query'],
     ['sqlite:100%.db', 'percent-escapes are valid UTF-8'],
     ['sqlite:~/proxy.db', '~ is not expanded here'],
     ['postgres://', '"memory", "sqlite:<path>" or "postgres://..."'],
