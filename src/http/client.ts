@@ -25,7 +25,7 @@ export interface HttpClient<S extends string = string> {
    * `RetryBudgetExhaustedError` and `AbortedError`.
    */
   request(service: S, options: HttpRequestOptions): Promise<HttpResponse>
-  /** The handle of one service; throws `InvalidOptionError` for an unknown name. */
+  /** The handle of one service; throws `InvalidOptionError` naming `service` for an unknown name. */
   service(name: S): HttpService
   /** A snapshot of every service's breaker, bulkhead, pool and retry budget. */
   state(): Readonly<Record<S, HttpServiceState>>
@@ -63,13 +63,13 @@ class HttpClientImpl implements HttpClient {
   request(service: string, options: HttpRequestOptions): Promise<HttpResponse> {
     if (this.#closed !== undefined) return Promise.reject(new HttpClientClosedError())
     const runtime = this.#runtimes.get(service)
-    if (runtime === undefined) return Promise.reject(this.#unknown(service))
+    if (runtime === undefined) return Promise.reject(this.#unknown('request.service', service))
     return runtime.request(options)
   }
 
   service(name: string): HttpService {
     const runtime = this.#runtimes.get(name)
-    if (runtime === undefined) throw this.#unknown(name)
+    if (runtime === undefined) throw this.#unknown('service', name)
     return runtime
   }
 
@@ -86,9 +86,9 @@ class HttpClientImpl implements HttpClient {
     return this.#closed
   }
 
-  #unknown(name: unknown): InvalidOptionError {
+  #unknown(option: string, name: unknown): InvalidOptionError {
     return new InvalidOptionError(
-      'request.service',
+      option,
       `one of ${this.services.map((s) => `"${s}"`).join(', ')}`,
       name,
     )

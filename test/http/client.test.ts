@@ -450,7 +450,10 @@ describe('request options are checked before anything is sent', () => {
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect((error as InvalidOptionError).option).toBe('request.service')
     expect((error as Error).message).toContain('"svc"')
-    expect(() => make().service('nope')).toThrow(InvalidOptionError)
+    // No request was made: client.service's argument is what is wrong, named as such.
+    expect(() => make().service('nope')).toThrow(
+      new InvalidOptionError('service', 'one of "svc"', 'nope'),
+    )
   })
 })
 
