@@ -82,7 +82,9 @@ function isWordChar(c: number): boolean {
 
 /**
  * Builds the positional argument list for a translated statement and converts values SQLite
- * cannot bind: booleans become 0/1 and `undefined` becomes `null` (as pg does).
+ * cannot bind: booleans become 0/1 and `undefined` becomes `null` (as pg does). NaN is refused
+ * with `InvalidOptionError` naming its `params[i]`: SQLite would store it as NULL without a word,
+ * where PostgreSQL refuses it for an integer column.
  */
 export function bindPositional(
   translated: PositionalSql,
@@ -97,14 +99,23 @@ export function bindPositional(
       `${params.length} parameter(s)`,
     )
   }
+  let converts = false
+  for (let i = 0; i < params.length; i++) {
+    const value = params[i]
+    if (typeof value === 'boolean' || value === undefined) converts = true
+    // A NaN timestamp or count stored as NULL reads back as "none" (no lease, no timer).
+    else if (typeof value === 'number' && Number.isNaN(value)) {
+      throw new InvalidOptionError(
+        `params[${i}]`,
+        'a number, not NaN (SQLite would store it as NULL)',
+        value,
+      )
+    }
+  }
   const order = translated.order
   if (order === undefined) {
     // Fast path: copy only when a value needs converting.
-    for (let i = 0; i < params.length; i++) {
-      const value = params[i]
-      if (typeof value === 'boolean' || value === undefined) return params.map(toSqliteValue)
-    }
-    return params
+    return converts ? params.map(toSqliteValue) : params
   }
   const args = new Array<unknown>(order.length)
   for (let i = 0; i < order.length; i++) args[i] = toSqliteValue(params[order[i]!])

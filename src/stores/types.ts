@@ -6,7 +6,8 @@
  * appear more than once (`$1` twice binds the first value twice).
  *
  * Values that can be bound: numbers, strings, `null` (and `undefined`, sent as `null`), booleans
- * (stored as 0/1 on SQLite), `Uint8Array`/`Buffer` and `bigint`. Timestamps are integer
+ * (stored as 0/1 on SQLite), `Uint8Array`/`Buffer` and `bigint`. NaN is refused on SQLite
+ * (`INVALID_OPTION` naming `params[i]`), which would store it as NULL. Timestamps are integer
  * milliseconds since the epoch everywhere (`BIGINT` on PostgreSQL, `INTEGER` on SQLite).
  *
  * Values read back: `BIGINT` columns arrive as JS numbers from every executor breakwater

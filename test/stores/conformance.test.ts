@@ -438,6 +438,16 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     await expect(db.query(`SELECT v FROM ${t} WHERE id = $1`, [1, 2])).rejects.toThrow()
   })
 
+  // SQLite stores a bound NaN as NULL without a word (a timestamp computed from a bad value
+  // became "no timestamp"), where PostgreSQL refuses it for an integer column.
+  it('refuses NaN as a parameter instead of storing it as NULL', async () => {
+    const t = await table(`id INTEGER PRIMARY KEY, ts ${bigint}`)
+    await expect(
+      db.execute(`INSERT INTO ${t} (id, ts) VALUES ($1, $2)`, [1, Number.NaN]),
+    ).rejects.toThrow(target.dialect === 'sqlite' ? /params\[1\].*NaN/ : /NaN/)
+    expect(await db.query(`SELECT id, ts FROM ${t}`)).toEqual([])
+  })
+
   it('classifies a unique violation the same way on both dialects', async () => {
     const t = await table()
     await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
