@@ -7,6 +7,7 @@ import {
   checkInteger,
   checkObject,
   checkOneOf,
+  checkSignal,
   isDroppedPromise,
   isObjectRecord,
   optionKeys,
@@ -553,6 +554,9 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     if (options.expectedVersion !== undefined) checkExpected(options.expectedVersion)
     // Spread into every event's metadata: a string or an array would become {"0": ...}.
     if (options.metadata !== undefined) checkObject('metadata', options.metadata)
+    // The retry policy would refuse it too, but as 'retry.execute(signal)', an option the
+    // caller never wrote.
+    checkSignal('signal', options.signal)
     await this.#store.prepare()
     const idempotency = this.#idempotency
     if (idempotency === undefined || commandId === undefined) {

@@ -670,6 +670,32 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect((await store.readStream(id)).version).toBe(1)
   })
 
+  it('refuses a signal that is not an AbortSignal, naming signal, before deciding', async () => {
+    let decided = 0
+    const accounts = createCommandHandler(store, {
+      decider: {
+        ...account,
+        decide: (command: AccountCommand, state: Account) => {
+          decided++
+          return account.decide(command, state)
+        },
+      },
+      idempotency: {},
+    })
+    const id = fresh()
+    // It was refused by the retry policy inside, as 'retry.execute(signal)': an option the
+    // caller never wrote.
+    for (const commandId of [undefined, 'signal-check']) {
+      const error = await accounts
+        .handle(id, { kind: 'open', owner: 'sig' }, { commandId, signal: 'abort' as never })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('signal')
+    }
+    expect(decided).toBe(0)
+    expect((await store.readStream(id)).version).toBe(0)
+  })
+
   it('load() refuses a stream name the database cannot store, as handle() does', async () => {
     const accounts = createCommandHandler(store, {
       decider: account,
