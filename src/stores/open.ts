@@ -73,7 +73,10 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * file has no use for a fragment). `sqlite:%3Amemory%3A` decodes to `:memory:` and so is the
  * in-memory database, like `sqlite::memory:`. A path that starts with `~` (`sqlite:~/app.db`) is
  * refused: nothing expands it here, so it would name a folder called `~` in the working
- * directory; write the whole path, or `./~` for a folder really named `~`.
+ * directory; write the whole path, or `./~` for a folder really named `~`. So is a SQLite URI
+ * filename (`sqlite:file:./dev.db`, Prisma's and libSQL's form): the driver does not turn
+ * SQLite's URI filenames on, so it would be a literal path, a new database in a folder named
+ * `file:.`; write `sqlite:./dev.db`.
  */
 export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
@@ -97,6 +100,8 @@ const validEscapes =
   'a sqlite: URL whose percent-escapes are valid UTF-8 and not %00 (write a % in a file name as %25)'
 const noHomeFolder =
   'a sqlite: path that does not start with ~ (~ is not expanded here: write the whole path, or ./~ for a folder named ~)'
+const noFileUri =
+  'a sqlite: path, not a file: URI (SQLite URI filenames are not read here: write sqlite:./dev.db for ./dev.db, or sqlite:./file:x for a file really named so)'
 const noControlCharacters =
   'a sqlite: URL without raw control characters (a line ending pasted with it?); percent-encode one that belongs in the file name'
 
@@ -119,6 +124,9 @@ function sqlitePathDefect(encoded: string): string | undefined {
   // does SQLite): the file would be ./~/..., and a migration would create a folder named `~`
   // where the process runs, one `rm -rf ~` away from the home folder.
   if (/^~([/\\]|$)/.test(decoded)) return noHomeFolder
+  // SQLite reads a `file:` URI only with URIs turned on, which the driver does not do: the
+  // path would be literal, `file:./dev.db` a new database in a folder named `file:.`.
+  if (/^file:/i.test(decoded)) return noFileUri
   return undefined
 }
 

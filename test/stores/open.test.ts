@@ -122,8 +122,27 @@ describe('parseDatabaseUrl', () => {
   it.each([
     ['sqlite:./~/app.db', './~/app.db'],
     ['sqlite:~app.db', '~app.db'],
-  ])('takes %j: a folder or file that merely starts with ~', (url, filename) => {
+    ['sqlite:./file:x.db', './file:x.db'],
+    ['sqlite:profile:x.db', 'profile:x.db'],
+  ])('takes %j: a folder or file that merely starts with ~ or holds file:', (url, filename) => {
     expect(parseDatabaseUrl(url)).toEqual({ dialect: 'sqlite', filename })
+  })
+
+  // SQLite reads `file:` URI filenames only when URIs are turned on, which the driver does not
+  // do: `sqlite:file:./dev.db` (Prisma's and libSQL's form) made a folder named `file:.` in the
+  // working directory and a new, empty database in it.
+  it.each([
+    'sqlite:file:./dev.db',
+    'sqlite:file:dev.db',
+    'sqlite:FILE:/var/app.db',
+    'sqlite:file%3A./dev.db',
+    'sqlite:file::memory:',
+  ])('rejects %j, a SQLite URI filename, naming the URL', (url) => {
+    const { option, message } = urlRefusal(url)
+    expect({ option, message }).toEqual({
+      option: 'url',
+      message: expect.stringMatching(/not a file: URI.*sqlite:\.\/dev\.db/),
+    })
   })
 
   it('takes a control character that is percent-encoded', () => {
