@@ -59,6 +59,11 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * `query_timeout` are whole milliseconds up to 2147483647 (0: no limit, except
  * `query_timeout`, left out for none): pg reads no unit (`1s` would be 1 ms), and a
  * `query_timeout` of `0` or a non-number made every statement fail after 1 ms.
+ * The user and password are percent-decoded whole (`p%40ss` is `p@ss`), but pg decodes the
+ * database name as `decodeURI` does, leaving `%2F`, `%23`, `%3F`, `%40`, `%3A` and the other
+ * reserved escapes as written: a database whose name holds one of `/#?@:&=+$,;` cannot be
+ * named in a URL (the server answers that `orders%232` does not exist); rename it, or connect
+ * with pg yourself and wrap the client with `fromPgClient`. The URL is passed to pg as is.
  *
  * The file part of a `sqlite:` URL is percent-decoded, as in any URL (and as pg decodes the
  * parts of a `postgres://` one): `sqlite:./my%20db.sqlite` names `./my db.sqlite`, `%3F` a `?`,
