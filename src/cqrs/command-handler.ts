@@ -378,12 +378,14 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         claim,
         onConcurrent: 'wait',
         clock,
-        ...(options.idempotency.leaseMs === undefined
+        // Checked here with the bounds createIdempotency applies, which would name them as its
+        // own options (leaseMs), not as the caller wrote them.
+        ...(settings.leaseMs === undefined
           ? {}
-          : { leaseMs: options.idempotency.leaseMs }),
-        ...(options.idempotency.retentionMs === undefined
+          : { leaseMs: checkInteger('idempotency.leaseMs', settings.leaseMs, 1) }),
+        ...(settings.retentionMs === undefined
           ? {}
-          : { retentionMs: options.idempotency.retentionMs }),
+          : { retentionMs: checkInteger('idempotency.retentionMs', settings.retentionMs, 1) }),
       })
     } else {
       this.#scope = 'commands'

@@ -738,6 +738,17 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
         snapshots: { every: 5, name: 'v'.repeat(257) },
       }),
     ).toThrow(/snapshots\.name: expected a name of at most 256 UTF-8 bytes/)
+    // Checked by the idempotency module, which named them as its own options (leaseMs).
+    for (const option of ['leaseMs', 'retentionMs'] as const) {
+      for (const value of [0, -1, Number.NaN, Number.POSITIVE_INFINITY, 1.5, '60000']) {
+        expect(() =>
+          createCommandHandler(store, {
+            decider: account,
+            idempotency: { [option]: value as never },
+          }),
+        ).toThrow(expect.objectContaining({ option: `idempotency.${option}` }))
+      }
+    }
     // PostgreSQL text cannot hold NUL (every load would fail there) and stores a lone
     // surrogate as U+FFFD (two names would share snapshots): refused on both databases.
     for (const name of ['cart\u0000v2', 'cart\udc00']) {
