@@ -15,7 +15,7 @@ import {
   type RandomSource,
 } from '../index.js'
 import type { SqlTransaction } from '../stores/index.js'
-import { checkSagaOptions } from './options.js'
+import { checkSagaOptions, refuseHoles } from './options.js'
 
 /**
  * Retry settings of a step or a compensation: the options of breakwater's `retry()` that make
@@ -585,6 +585,7 @@ function compile(raw: unknown): CompiledSaga {
   if (!Array.isArray(steps) || steps.length === 0) {
     throw new InvalidOptionError(`${where}.steps`, 'a non-empty array of steps', steps)
   }
+  refuseHoles(`${where}.steps`, steps)
   const seen = new Set<string>()
   const compiledSteps = steps.map((step: unknown, index) => {
     const compiledStep = compileStep(`${where}.steps[${index}]`, step, index)

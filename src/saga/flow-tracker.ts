@@ -18,7 +18,7 @@ import {
   type StoredPlace,
 } from '../stores/errors.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
-import { checkSagaOptions } from './options.js'
+import { checkSagaOptions, refuseHoles } from './options.js'
 import { flowEventsTable, sagaStatements } from './sql.js'
 
 // A choreographed flow has no orchestrator holding its state: each service reacts to events
@@ -112,6 +112,7 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
     if (raw === undefined && !required) return []
     if (!Array.isArray(raw) || (required && raw.length === 0))
       throw new InvalidOptionError(`${where}.${field}`, 'a non-empty array of events', raw)
+    refuseHoles(`${where}.${field}`, raw)
     return raw.map((entry: unknown, i) => {
       const at = `${where}.${field}[${i}]`
       const step = typeof entry === 'string' ? { event: entry } : checkObject(at, entry)
@@ -127,7 +128,11 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
           step.failsOn,
         )
       const failsOn = step.failsOn ?? []
-      if (!Array.isArray(failsOn) || failsOn.some((f) => typeof f !== 'string' || f === ''))
+      // Array.from visits holes (some skips them): `[, 'x']` kept an undefined event type.
+      if (
+        !Array.isArray(failsOn) ||
+        Array.from(failsOn).some((f) => typeof f !== 'string' || f === '')
+      )
         throw new InvalidOptionError(`${at}.failsOn`, 'an array of event types', failsOn)
       return {
         event: step.event,

@@ -25,6 +25,14 @@ function rejection(fn: () => unknown): InvalidOptionError {
   throw new Error('expected the declaration to throw')
 }
 
+// What `[a, , b]` makes (a hole at `index`), which biome refuses to have written literally.
+function holeAt(index: number, entries: readonly unknown[]): unknown[] {
+  const list = [...entries]
+  list.splice(index, 0, undefined)
+  delete list[index]
+  return list
+}
+
 describe('defineSaga declarations', () => {
   // A name must start with a letter or a digit, but the message listed only the characters, so
   // `_a` or `__proto__` (each character allowed) was refused without saying what was wrong.
@@ -55,6 +63,25 @@ describe('defineSaga declarations', () => {
     expect(error.option).toBe('saga "order".steps[1].name')
     expect(error.message).toContain('duplicate step name')
     expect(error.value).toBe('charge')
+  })
+
+  // Array.map skips a hole (`[a, , b]`, a doubled comma): the declaration was accepted with
+  // an empty step, and every instance started was stored with a null step that no worker or
+  // `saga show` could read ("changed outside breakwater").
+  it.each([
+    ['a hole before the steps', holeAt(0, [{ name: 'a', action: noop }]), 'saga "h".steps[0]'],
+    [
+      'a hole between steps',
+      holeAt(1, [
+        { name: 'a', action: noop },
+        { name: 'b', action: noop },
+      ]),
+      'saga "h".steps[1]',
+    ],
+  ])('refuses %s, naming its index', (_label, steps, option) => {
+    const error = rejection(() => defineSaga({ name: 'h', version: 1, steps: steps as never }))
+    expect(error.option).toBe(option)
+    expect(error.message).toContain('hole')
   })
 
   it('refuses a step that requires a compensation but has none', () => {

@@ -203,6 +203,14 @@ describe('reconstructFlow', () => {
   })
 })
 
+// What `[a, , b]` makes (a hole at `index`), which biome refuses to have written literally.
+function holeAt(index: number, entries: readonly unknown[]): unknown[] {
+  const list = [...entries]
+  list.splice(index, 0, undefined)
+  delete list[index]
+  return list
+}
+
 describe('defineFlow', () => {
   it.each([
     [{ name: '', steps: ['a'] }, 'flow.name'],
@@ -220,6 +228,14 @@ describe('defineFlow', () => {
     // A misspelt option was dropped without a word (the step got the flow's withinMs).
     [{ name: 'f', steps: ['a', { event: 'b', within: 5 }] }, 'flow "f".steps[1].within'],
     [{ name: 'f', steps: ['a'], compensations: ['c'] }, 'flow "f".compensations'],
+    // Holes (a doubled comma): map skipped them, so a hole in the steps or the compensation
+    // failed with a bare TypeError, and one in failsOn was kept as an undefined event type.
+    [{ name: 'f', steps: holeAt(0, ['a', 'b']) }, 'flow "f".steps[0]'],
+    [{ name: 'f', steps: ['a'], compensation: holeAt(1, ['c', 'd']) }, 'flow "f".compensation[1]'],
+    [
+      { name: 'f', steps: ['a', { event: 'b', failsOn: holeAt(0, ['x']) }] },
+      'flow "f".steps[1].failsOn',
+    ],
   ])('refuses %j', (declaration, option) => {
     try {
       defineFlow(declaration as never)
