@@ -1,5 +1,6 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkStoredName } from '../core/text.js'
 import { checkFunction, checkObject, optionKeys } from '../core/validate.js'
 import { type SqlDialect, type SqlDriver, type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { checkOptionKeys } from './checks.js'
@@ -116,7 +117,8 @@ export type ProjectionDefinition<
          * a projector does not upcast them, so an upcaster failing on them does not stop it.
          * Without it the projection is a catch-all: every event is upcast and handed to
          * `apply`. With a typed projection (`defineProjection<OrderEvent>`) only the types of
-         * `E` compile.
+         * `E` compile. Each is a type an event can have (a non-empty string without NUL
+         * characters or lone surrogates, as `append` requires); any other is refused.
          * @default every type
          */
         readonly eventTypes?: readonly E['type'][] | undefined
@@ -203,6 +205,11 @@ export function validateProjection(at: string, projection: unknown): ProjectionD
   ) {
     throw new InvalidOptionError(`${at}.eventTypes`, 'an array of strings', p.eventTypes)
   }
+  // Checked as an append checks an event's type: a type no event can have ('', NUL, a lone
+  // surrogate, a hole) would hand the projection nothing while its checkpoint ran past every
+  // event of the type meant.
+  const types: readonly unknown[] = p.eventTypes ?? []
+  for (let i = 0; i < types.length; i++) checkStoredName(`${at}.eventTypes[${i}]`, types[i])
   checkFunction(`${at}.apply`, p.apply)
   return projection as ProjectionDefinition
 }

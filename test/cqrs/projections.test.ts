@@ -512,6 +512,18 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
       )
     }
     expect(() => defineProjection({ ...ok, apply: 1 as never })).toThrow(/projection\.apply/)
+    // A type no event can have (an append refuses it): the projection was handed nothing and
+    // its checkpoint ran past every event, without a word.
+    for (const type of ['', 'order\u0000placed', 'order\ud800']) {
+      expect(() => defineProjection({ ...ok, eventTypes: ['order-placed', type] })).toThrow(
+        expect.objectContaining({ code: 'INVALID_OPTION', option: 'projection.eventTypes[1]' }),
+      )
+      expect(() =>
+        createEventStore(t.db, { inlineProjections: [{ ...ok, eventTypes: [type] }] }),
+      ).toThrow(expect.objectContaining({ option: 'inlineProjections[0].eventTypes[0]' }))
+    }
+    // [] stays: a projection that reads no type (its checkpoint follows the log).
+    expect(defineProjection({ ...ok, eventTypes: [] }).eventTypes).toEqual([])
     expect(() => createEventStore(t.db, { inlineProjections: [{} as never] })).toThrow(
       /inlineProjections\[0\]/,
     )
