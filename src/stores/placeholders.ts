@@ -84,7 +84,8 @@ function isWordChar(c: number): boolean {
  * Builds the positional argument list for a translated statement and converts values SQLite
  * cannot bind: booleans become 0/1 and `undefined` becomes `null` (as pg does). NaN is refused
  * with `InvalidOptionError` naming its `params[i]`: SQLite would store it as NULL without a word,
- * where PostgreSQL refuses it for an integer column.
+ * where PostgreSQL refuses it for an integer column. So are a Date, an object and an array
+ * (better-sqlite3 refuses them with a bare TypeError; pg binds them as text or JSON).
  */
 export function bindPositional(
   translated: PositionalSql,
@@ -108,6 +109,15 @@ export function bindPositional(
       throw new InvalidOptionError(
         `params[${i}]`,
         'a number, not NaN (SQLite would store it as NULL)',
+        value,
+      )
+    } else if (typeof value === 'object' && value !== null && !(value instanceof Uint8Array)) {
+      // better-sqlite3's own refusal is a bare TypeError naming no parameter.
+      throw new InvalidOptionError(
+        `params[${i}]`,
+        value instanceof Date
+          ? 'a number, string, bigint, boolean, null or Uint8Array (a Date: pass date.getTime(), as breakwater stores times)'
+          : 'a number, string, bigint, boolean, null or Uint8Array (an object or array: pass JSON.stringify(value))',
         value,
       )
     }

@@ -7,7 +7,8 @@
  *
  * Values that can be bound: numbers, strings, `null` (and `undefined`, sent as `null`), booleans
  * (stored as 0/1 on SQLite), `Uint8Array`/`Buffer` and `bigint`. NaN is refused on SQLite
- * (`INVALID_OPTION` naming `params[i]`), which would store it as NULL. Timestamps are integer
+ * (`INVALID_OPTION` naming `params[i]`), which would store it as NULL, and so are a `Date`, an
+ * object and an array (pg would bind them as text or JSON; SQLite binds neither). Timestamps are integer
  * milliseconds since the epoch everywhere (`BIGINT` on PostgreSQL, `INTEGER` on SQLite).
  *
  * Values read back: `BIGINT` columns arrive as JS numbers from every executor breakwater

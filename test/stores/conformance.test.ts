@@ -1,6 +1,6 @@
 // One behaviour for every SqlDriver: each test runs against real SQLite and real PostgreSQL.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BreakwaterError } from '../../src/core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { sqlErrorKind } from '../../src/stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../../src/stores/types.js'
 import { gate } from '../support/gate.js'
@@ -447,6 +447,25 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     ).rejects.toThrow(target.dialect === 'sqlite' ? /params\[1\].*NaN/ : /NaN/)
     expect(await db.query(`SELECT id, ts FROM ${t}`)).toEqual([])
   })
+
+  // better-sqlite3 refuses these with a bare TypeError naming neither the parameter nor what
+  // to pass instead; pg binds a Date as local-time text and an object as its JSON.
+  it.runIf(target.dialect === 'sqlite')(
+    'refuses a Date, an object or an array as a parameter on SQLite, naming it',
+    async () => {
+      const t = await table(`id INTEGER PRIMARY KEY, ts ${bigint}`)
+      for (const value of [new Date(0), { at: 1 }, [1, 2]]) {
+        const error = await db
+          .execute(`INSERT INTO ${t} (id, ts) VALUES ($1, $2)`, [1, value])
+          .catch((e: unknown) => e)
+        expect(error).toBeInstanceOf(InvalidOptionError)
+        expect((error as InvalidOptionError).option).toBe('params[1]')
+      }
+      // A Buffer is an object too, and binds.
+      expect(await db.query(`SELECT id FROM ${t} WHERE ts = $1`, [Buffer.from('x')])).toEqual([])
+      expect(await db.query(`SELECT id, ts FROM ${t}`)).toEqual([])
+    },
+  )
 
   it('classifies a unique violation the same way on both dialects', async () => {
     const t = await table()
