@@ -56,7 +56,9 @@ export interface SagaRetryOptions {
    */
   readonly random?: RandomSource | undefined
   /**
-   * Whether a failure is worth another attempt; `attempt` is the attempt that failed.
+   * Whether a failure is worth another attempt; `attempt` is the attempt that failed. One that
+   * throws (as a `random` that throws) ends the retries: the step or compensation fails for good
+   * at that attempt, and the saga's reason and timeline name the error it threw.
    * @default steps: isTransientFailure (timeouts, refused or reset connections,
    * 408/429/502/503/504, database deadlocks, serialization failures and busy locks);
    * compensations: always (a compensation must eventually succeed)

@@ -493,7 +493,7 @@ export class InstanceRun {
     this.#host.count('stepFailures')
     const info = errorInfo(error)
     state.error = info
-    const retryAt = this.#retryAt(step.retry, error, attempt)
+    const { at: retryAt, broken, note = '' } = this.#retryAt(step.retry, error, attempt, 'retry')
     if (retryAt !== undefined) {
       if (step.kind === 'reply') state.status = 'failed'
       this.#event('step-failed', step.name, attempt, { error: info, retryAt, durationMs })
@@ -504,11 +504,16 @@ export class InstanceRun {
       return 'suspended'
     }
     state.status = 'failed'
-    this.#event('step-failed', step.name, attempt, { error: info, final: true, durationMs })
+    this.#event('step-failed', step.name, attempt, {
+      error: info,
+      final: true,
+      durationMs,
+      ...(broken === undefined ? {} : { retryError: broken }),
+    })
     this.#emit({ type: 'step-failed', step: step.name, attempt, error: info })
     const tries = attempt > 1 ? ` after ${attempt} attempts` : ''
     return this.#enterCompensation(
-      `step "${step.name}" failed${tries}: ${describeError(info)}`,
+      `step "${step.name}" failed${tries}: ${describeError(info)}${note}`,
       step.index,
       work,
     )
@@ -527,20 +532,36 @@ export class InstanceRun {
     )
   }
 
-  #retryAt(retry: CompiledRetry, error: unknown, attempt: number): number | undefined {
-    if (attempt >= retry.maxAttempts) return undefined
-    let wanted: boolean
+  /**
+   * When the next attempt is due, or why there is none. `shouldRetry` and `random` are user
+   * code: one that throws ends the retries, as it ends a retry() call, and its error is kept
+   * (`broken`) for the reason and the timeline. Taken silently as "do not retry", a broken
+   * classifier compensated the saga for good naming only the step's error; a throwing
+   * `random` escaped the run, which then recorded nothing of a failure it knew.
+   */
+  #retryAt(
+    retry: CompiledRetry,
+    error: unknown,
+    attempt: number,
+    field: 'retry' | 'compensationRetry',
+  ): RetryDecision {
+    if (attempt >= retry.maxAttempts) return {}
+    let callback = 'shouldRetry'
     try {
-      wanted = retry.shouldRetry(error, attempt)
-    } catch {
-      wanted = false
+      if (!retry.shouldRetry(error, attempt)) return {}
+      callback = 'random'
+      const now = storedTime(this.#host.clock)
+      let delayMs = retry.backoff.delayMs(attempt - 1)
+      const asked = retryAfterMsOf(error, now)
+      if (asked !== undefined) delayMs = Math.max(delayMs, Math.min(asked, retry.maxRetryAfterMs))
+      return { at: now + Math.round(delayMs) }
+    } catch (thrown) {
+      const info = errorInfo(thrown)
+      return {
+        broken: info,
+        note: ` (not retried: its ${field}.${callback} threw ${describeError(info)})`,
+      }
     }
-    if (!wanted) return undefined
-    const now = storedTime(this.#host.clock)
-    let delayMs = retry.backoff.delayMs(attempt - 1)
-    const asked = retryAfterMsOf(error, now)
-    if (asked !== undefined) delayMs = Math.max(delayMs, Math.min(asked, retry.maxRetryAfterMs))
-    return now + Math.round(delayMs)
   }
 
   async #wait(step: CompiledStep): Promise<Step> {
@@ -917,24 +938,31 @@ export class InstanceRun {
     this.#host.count('compensationFailures')
     const info = errorInfo(error)
     state.compensationError = info
-    const retryAt = this.#retryAt(step.compensationRetry, error, attempt)
-    if (retryAt === undefined) return this.#park(step, info, attempt)
+    const decision = this.#retryAt(step.compensationRetry, error, attempt, 'compensationRetry')
+    const retryAt = decision.at
+    if (retryAt === undefined) return this.#park(step, info, attempt, decision)
     this.#event('compensation-failed', step.name, attempt, { error: info, retryAt, durationMs })
     if (!(await this.#write({ release: true, nextRunAt: retryAt }))) return 'lost'
     this.#emit({ type: 'compensation-failed', step: step.name, attempt, error: info, retryAt })
     return 'suspended'
   }
 
-  async #park(step: CompiledStep, error: ErrorInfo | undefined, attempts: number): Promise<Step> {
+  async #park(
+    step: CompiledStep,
+    error: ErrorInfo | undefined,
+    attempts: number,
+    { broken, note = '' }: RetryDecision = {},
+  ): Promise<Step> {
     const why =
       error === undefined
         ? 'its workers died or lost their leases before recording an outcome'
         : describeError(error)
     this.#status = 'failed'
-    this.#reason = `compensation of step "${step.name}" failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${why} (while compensating because ${this.#reason ?? 'of an earlier failure'})`
+    this.#reason = `compensation of step "${step.name}" failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${why}${note} (while compensating because ${this.#reason ?? 'of an earlier failure'})`
     this.#event('compensation-failed', step.name, attempts, {
       ...(error === undefined ? {} : { error }),
       final: true,
+      ...(broken === undefined ? {} : { retryError: broken }),
     })
     this.#event('parked', null, null, { reason: this.#reason })
     if (!(await this.#write({ release: true }))) return 'lost'
@@ -1170,6 +1198,17 @@ export class InstanceRun {
   #emit(event: Omit<SagaEvent, 'at' | 'worker' | 'sagaId' | 'saga' | 'version'>): void {
     this.#host.emit({ sagaId: this.id, saga: this.saga.name, version: this.saga.version, ...event })
   }
+}
+
+/**
+ * What {@link InstanceRun}'s retry check decided: `at`, when the next attempt is due; none
+ * when the attempts are spent or not wanted; `broken` (and its `note` for the reason) when
+ * the step's `shouldRetry` or `random` threw.
+ */
+interface RetryDecision {
+  readonly at?: number
+  readonly broken?: ErrorInfo
+  readonly note?: string
 }
 
 interface Snapshot {
