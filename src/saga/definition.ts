@@ -127,7 +127,10 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    * that aborts when that bound elapses (with the `SagaAtCommitTimeoutError`) or when the
    * worker gives up on the run (`stop({ timeoutMs })`, with `AbortedError`; a lost lease, with
    * `SagaLeaseLostError`): pass it on to what the work waits for, since its transaction is
-   * being rolled back and nothing it does after is kept.
+   * being rolled back and nothing it does after is kept. Register work before the step's
+   * function settles: a call once it has returned, thrown or been cut off at its time limit
+   * (from a callback it did not await) throws `InvalidOptionError` naming `atCommit`, since that
+   * work could never run (it used to be accepted and dropped).
    */
   atCommit(work: AtCommitWork): void
 }

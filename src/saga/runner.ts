@@ -397,6 +397,7 @@ export class InstanceRun {
         ),
       step.timeoutMs,
     )
+    closeRegistration(work)
     if (this.#halted !== undefined) return this.#halted
     const durationMs = this.#host.clock.now() - started
     this.#host.recordDuration(durationMs, this.saga.name)
@@ -731,6 +732,7 @@ export class InstanceRun {
         const ctx = this.#stepContext(step.name, attempt, `${this.id}:${step.name}`, signal, work)
         return (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
       }, step.callTimeoutMs)
+      closeRegistration(work)
       if (!called.ok) {
         refused = { error: called.error }
         throw called.error
@@ -888,6 +890,7 @@ export class InstanceRun {
         } as never),
       step.compensationTimeoutMs,
     )
+    closeRegistration(work)
     if (this.#halted !== undefined) return this.#halted
     const durationMs = this.#host.clock.now() - started
     this.#host.recordDuration(durationMs, this.saga.name)
@@ -1174,6 +1177,16 @@ export class InstanceRun {
       signal,
       atCommit(fn: AtCommitWork): void {
         if (typeof fn !== 'function') throw new InvalidOptionError('atCommit', 'a function', fn)
+        // Closed once the step's function settled (or was cut off): the transaction that
+        // records the step is written without anything registered later, which was dropped
+        // without a word.
+        if (Object.isFrozen(work)) {
+          throw new InvalidOptionError(
+            'atCommit',
+            `a call while step "${step}" runs (it has returned or was cut off, and its transaction no longer takes work: register it before the step's function settles)`,
+            fn,
+          )
+        }
         work.push(fn)
       },
     }
@@ -1198,6 +1211,14 @@ export class InstanceRun {
   #emit(event: Omit<SagaEvent, 'at' | 'worker' | 'sagaId' | 'saga' | 'version'>): void {
     this.#host.emit({ sagaId: this.id, saga: this.saga.name, version: this.saga.version, ...event })
   }
+}
+
+/**
+ * Ends a step function's `ctx.atCommit` registrations, once the function settled or was cut
+ * off: `atCommit` refuses a frozen list (see `#stepContext`).
+ */
+function closeRegistration(work: AtCommitWork[]): void {
+  Object.freeze(work)
 }
 
 /**
