@@ -9,7 +9,7 @@ import {
   jsonTextOf,
   maxStoredIdBytes,
 } from '../core/text.js'
-import { checkClock, checkInteger, checkObject, optionKeys } from '../core/validate.js'
+import { checkClock, checkInteger, checkNumber, checkObject, optionKeys } from '../core/validate.js'
 import {
   parseStoredJson,
   readStoredNumber,
@@ -545,13 +545,34 @@ function eventPlace(
 }
 
 /**
+ * Refuses events {@link reconstructFlow} cannot place, naming the first (`events[1].at`). They
+ * are read from anywhere (a log, the outbox table), so nothing had checked them: a null event
+ * failed with a bare TypeError, a string was taken character by character, and an `at` read as
+ * text or NaN sorted and compared as no time does, giving a state that looked right.
+ */
+function checkEvents(events: unknown): asserts events is readonly TrackedEvent[] {
+  if (!Array.isArray(events)) throw new InvalidOptionError('events', 'an array of events', events)
+  refuseHoles('events', events)
+  for (const [i, raw] of events.entries()) {
+    const e = checkObject(`events[${i}]`, raw)
+    for (const field of ['id', 'type'] as const)
+      if (typeof e[field] !== 'string')
+        throw new InvalidOptionError(`events[${i}].${field}`, 'a string', e[field])
+    checkNumber(`events[${i}].at`, e.at, -Number.MAX_VALUE, Number.MAX_VALUE)
+  }
+}
+
+/**
  * Rebuilds a flow's state from its events (pure: the tracker's `state()` uses it, and it works
  * on events read from anywhere, such as the outbox table). Steps count as done when their event
  * arrived at any time, so reordered delivery does not hide progress; it is reported in
  * `outOfOrder`. An event id given more than once counts once, as its first occurrence (as the
  * tracker keeps the first recording of an id): events read from an at-least-once source may
  * repeat. Events of the same millisecond keep the order they were given in. Throws
- * `InvalidOptionError` (code `INVALID_OPTION`) for a flow that {@link defineFlow} did not return.
+ * `InvalidOptionError` (code `INVALID_OPTION`) for a flow that {@link defineFlow} did not return,
+ * for `events` that are not an array of objects with a string `id` and `type` and a finite
+ * number `at` (naming the first such, as `events[1].at`), and for a `now` that is no finite
+ * number.
  */
 export function reconstructFlow(
   flows: readonly FlowDefinition[],
@@ -560,6 +581,8 @@ export function reconstructFlow(
   now: number,
 ): FlowState {
   checkFlows(flows)
+  checkEvents(events)
+  checkNumber('now', now, -Number.MAX_VALUE, Number.MAX_VALUE)
   const unique = new Map<string, TrackedEvent>()
   for (const e of events) if (!unique.has(e.id)) unique.set(e.id, e)
   const sorted = [...unique.values()].sort((a, b) => a.at - b.at)

@@ -354,6 +354,37 @@ describe('reconstructFlow input', () => {
     expect(reconstructFlow([flow], 'c1', events, 1).flow).toBe('order')
   })
 
+  // Events "read from anywhere" were not looked at: a null event failed with a bare TypeError,
+  // a string was taken character by character as events, and an `at` that is no number (a
+  // column read as text) or a missing type gave a state that looked right and was not.
+  it.each([
+    ['events not an array', 'order-placed', 'events'],
+    ['a null event', [null], 'events[0]'],
+    ['a hole', holeAt(0, [ev('order-placed', 0)]), 'events[0]'],
+    ['an event without a type', [{ id: 'e1', correlationId: 'c1', at: 0 }], 'events[0].type'],
+    ['an id that is no string', [{ ...ev('order-placed', 0), id: 7 }], 'events[0].id'],
+    [
+      'an at read as text',
+      [ev('order-placed', 0), { ...ev('payment-charged', 5), at: '5' }],
+      'events[1].at',
+    ],
+    ['an at of NaN', [{ ...ev('order-placed', 0), at: Number.NaN }], 'events[0].at'],
+  ])('refuses %s with InvalidOptionError naming it', (_label, events, option) => {
+    try {
+      reconstructFlow([flow], 'c1', events as never, 10)
+      expect.unreachable()
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+  })
+
+  it('refuses a now that is not a time', () => {
+    expect(() => reconstructFlow([flow], 'c1', [ev('order-placed', 0)], Number.NaN)).toThrow(
+      InvalidOptionError,
+    )
+  })
+
   it('a defined flow cannot be changed afterwards', () => {
     expect(Object.isFrozen(flow.steps)).toBe(true)
     expect(Object.isFrozen(flow.steps[0])).toBe(true)
