@@ -51,8 +51,9 @@ import type {
  *
  * The URL's query may set `db` (when the path does not; either 0 to 2147483646, any database a
  * server may be configured with), `port` (when the host part does not; 1 to 65535, as there),
- * `family` (0, 4 or 6), `username`, `password` and `tls` (an ioredis TLS profile name, not
- * beside the `tls` option). Any other parameter is refused at construction with
+ * `family` (0, 4 or 6), `username`, `password` and `tls` (an ioredis TLS profile name,
+ * `RedisCloudFixed` or `RedisCloudFlexible`, not beside the `tls` option; ioredis would turn TLS
+ * on for any other text, `?tls=false` too, so that is refused). Any other parameter is refused at construction with
  * `INVALID_OPTION` naming it: ioredis would take it as an option, ignoring a typo without a word
  * and letting those the adapter sets or relies on (`protocol`, `enableOfflineQueue`,
  * `maxRetriesPerRequest`, the timeouts, `keyPrefix`, ...) override its settings. A consumer group is a Redis consumer group on that stream, created at the start
@@ -168,19 +169,25 @@ function isDbNumber(text: string): boolean {
  * the host part's is: ioredis would fail every connect with a RangeError, reported as a
  * retryable outage.
  */
+// The TLS profiles ioredis 5 and 6 know (ioredis/built/constants/TLSProfiles.js), by exact name:
+// ioredis is loaded lazily, so its table cannot be read at construction.
+const redisTlsProfiles: readonly string[] = ['RedisCloudFixed', 'RedisCloudFlexible']
 const queryFormats = new Map<string, (value: string) => boolean>([
   ['db', isDbNumber],
   ['port', isPortNumber],
   ['family', (value) => /^[046]$/.test(value)],
   ['username', () => true],
   ['password', () => true],
-  // A TLS profile name (ioredis's RedisCloudFixed, RedisCloudFlexible).
-  ['tls', () => true],
+  // One of ioredis's TLS profile names. ioredis turns TLS on for any text here and spreads an
+  // unknown name into tls.connect's options: ?tls=false connected over TLS to a plain port
+  // and every publish failed as a server that does not answer (retryable, for ever).
+  ['tls', (value) => redisTlsProfiles.includes(value)],
 ])
 const queryFormatNames: Readonly<Record<string, string>> = {
   db: `a database number from 0 to ${maxRedisDb}`,
   port: 'a port number from 1 to 65535',
   family: '0, 4 or 6',
+  tls: `an ioredis TLS profile name, ${redisTlsProfiles.join(' or ')} (for TLS otherwise use rediss:// and the tls option)`,
 }
 
 /**

@@ -52,6 +52,20 @@ describe('Redis URL', () => {
     }
   })
 
+  it('refuses a tls parameter that is not an ioredis TLS profile name (ioredis would turn TLS on for any text, ?tls=false included)', () => {
+    // ioredis spreads an unknown name into tls.connect's options, so redis://h?tls=false
+    // connected over TLS to a plain port and failed every publish as "no answer" (retryable).
+    for (const value of ['false', 'true', '1', 'bogus', '', 'rediscloudfixed']) {
+      const error = refusal(() => createRedisBroker({ url: `redis://127.0.0.1:6379?tls=${value}` }))
+      expect(error.option, value).toBe('redis.url')
+      expect(error.message, value).toContain('"tls"')
+      expect(error.message, value).toContain('RedisCloudFixed')
+      expect(
+        refusal(() => createRedisBroker({ url: `rediss://127.0.0.1:6379?tls=${value}` })).option,
+      ).toBe('redis.url')
+    }
+  })
+
   it('refuses a database, port or credentials given both in the URL and in its query (ioredis drops the query one)', () => {
     for (const url of [
       'redis://127.0.0.1/2?db=3',
@@ -74,6 +88,7 @@ describe('Redis URL', () => {
       'username=u&password=pw',
       'port=6380',
       'tls=RedisCloudFixed',
+      'tls=RedisCloudFlexible',
     ]) {
       createRedisBroker({ url: `redis://127.0.0.1/?${query}` })
     }
