@@ -416,6 +416,9 @@ export function repeatedQueryParameter(url: URL): string | undefined {
 export function redactUrl(value: string): string {
   try {
     const url = new URL(value)
+    // Written without // (nats:user:pw@host, or user:pw@host with no scheme at all), it parses
+    // with no host and the credentials in its path, where username and password see nothing.
+    if (url.host === '' && value.includes('@')) return hideQueryPassword(hideBeforeAt(value))
     if (url.username !== '' || url.password !== '') {
       url.username = '***'
       url.password = ''
@@ -436,10 +439,31 @@ export function redactUrl(value: string): string {
     const shown =
       span !== undefined
         ? `${value.slice(0, span.start)}***${value.slice(span.at)}`
-        : value.replace(/\/\/[^/@]*@/, '//***@')
-    // Its key read as URLSearchParams reads it (`pass%77ord` too), in any case.
-    return maskQueryValues(shown, (name) => name.toLowerCase() === 'password', /[&#]/g)
+        : hideBeforeAt(value)
+    return hideQueryPassword(shown)
   }
+}
+
+/** `text` with the value of every `password` query parameter replaced by `***`. */
+function hideQueryPassword(text: string): string {
+  // Its key read as URLSearchParams reads it (`pass%77ord` too), in any case.
+  return maskQueryValues(text, (name) => name.toLowerCase() === 'password', /[&#]/g)
+}
+
+/**
+ * A URL-like string with everything between its scheme (and any slashes after it) and the last
+ * `@` before its query replaced by `***`: where a user name and password sit when no
+ * `scheme://userinfo@` was found (written without //, or with an invalid scheme). Unchanged
+ * without an `@`.
+ */
+function hideBeforeAt(value: string): string {
+  const first = value.indexOf('@')
+  if (first === -1) return value
+  const query = value.slice(first).search(/[?#]/)
+  const at = value.lastIndexOf('@', query === -1 ? value.length : first + query)
+  // A scheme and its slashes, or (no valid scheme, such as `%%://`) whatever precedes `//`.
+  const scheme = /^(?:[a-z][a-z0-9+.-]*:\/*|[^@]*?\/\/)/i.exec(value)?.[0] ?? ''
+  return `${value.slice(0, scheme.length)}***${value.slice(at)}`
 }
 
 /** Checks the arguments of `Subscriber.subscribe()`. */

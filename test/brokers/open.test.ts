@@ -208,6 +208,31 @@ describe('adapter options', () => {
       await createRedisBroker({ url: `rediss://127.0.0.1${path}` }).close()
   })
 
+  it('hide the credentials of a URL written without // (it parses with no host, so they sat in its path)', () => {
+    // nats:user:pw@host is a URL of scheme nats whose path is user:pw@host: no user name or
+    // password to hide was found, and the refusal quoted the password.
+    for (const make of [
+      () => openBroker('nats:app:hunter2@127.0.0.1:4222'),
+      () => openBroker('redis:/:hunter2@127.0.0.1:6379'),
+      () => openBroker('amqp:app:hunter2@127.0.0.1/vh?heartbeat=10'),
+      () => openBroker('app:hunter2@127.0.0.1:4222'),
+      () => createNatsBroker({ url: 'tls:app:hunter2@127.0.0.1' }),
+      () => createRedisBroker({ url: 'rediss:app:hunter2@127.0.0.1' }),
+      () => createRabbitMqBroker({ url: 'amqps:app:hunter2@127.0.0.1' }),
+    ]) {
+      const error = thrown(make)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(
+        `${(error as Error).message} ${JSON.stringify((error as InvalidOptionError).value)}`,
+      ).not.toContain('hunter2')
+    }
+    expect(redactUrl('nats:app:hunter2@host:4222')).toBe('nats:***@host:4222')
+    expect(redactUrl('redis:/:hunter2@host:6379?db=1')).toBe('redis:/***@host:6379?db=1')
+    expect(redactUrl('app:hunter2@host')).toBe('app:***@host')
+    expect(redactUrl('app:hunter 2@host')).toBe('app:***@host')
+    expect(redactUrl('redis:///tmp/redis.sock')).toBe('redis:///tmp/redis.sock')
+  })
+
   it('hide a password that holds an unencoded / ? or # (such a URL does not parse)', () => {
     for (const url of ['redis://:pa/ss@host:6379', 'amqp://u:p?w@host/vh', 'nats://u:p#w@host'])
       expect(redactUrl(url), url).not.toMatch(/pa\/ss|p\?w|p#w/)
