@@ -451,6 +451,21 @@ export const webhookRetryOptions = optionKeys<WebhookRetryOptions>({
   maxRetryAfterMs: true,
 })
 
+/**
+ * The retry policy of `options`, a bad setting refused under the path the caller wrote
+ * (`webhook.retry.maxAttempts`) rather than the policy's own name for it (`retry.maxAttempts`),
+ * as a misspelt or null one is.
+ */
+function webhookRetry(options: RetryOptions): Policy {
+  try {
+    return retry(options)
+  } catch (error) {
+    if (error instanceof InvalidOptionError && error.option.startsWith('retry.'))
+      throw new InvalidOptionError(`webhook.${error.option}`, error.expected, error.value)
+    throw error
+  }
+}
+
 class WebhookPublisher implements Publisher {
   readonly #url: URL
   readonly #origin: string
@@ -545,7 +560,7 @@ class WebhookPublisher implements Publisher {
       const retryOptions = checkObject('webhook.retry', options.retry ?? {}) as WebhookRetryOptions
       checkKnownBrokerOptions('webhook.retry', retryOptions, webhookRetryOptions)
       this.#policy = pipeline(
-        retry({
+        webhookRetry({
           maxAttempts: 3,
           baseDelayMs: 100,
           maxDelayMs: 2_000,

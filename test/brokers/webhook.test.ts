@@ -390,6 +390,36 @@ describe('webhook publisher', () => {
       ).toThrow(/headers.x-api-key/)
     }
   })
+
+  it('names a bad retry setting by its path, webhook.retry.<name>, as its other options', () => {
+    // They were refused by the retry policy inside, as retry.maxAttempts: not the path the
+    // caller wrote (webhook.retry.maxAttempts), which a null or misspelt one already gave.
+    const cases: Array<[string, unknown]> = [
+      ['maxAttempts', 0],
+      ['maxAttempts', Number.NaN],
+      ['baseDelayMs', -1],
+      ['maxDelayMs', Number.POSITIVE_INFINITY],
+      ['factor', '2'],
+      ['jitter', 'full-ish'],
+      ['random', 5],
+      ['maxRetryAfterMs', -5],
+    ]
+    for (const [name, value] of cases) {
+      let error: unknown
+      try {
+        createWebhookPublisher({
+          url: 'http://127.0.0.1:1/x',
+          secret,
+          retry: { [name]: value } as never,
+        })
+      } catch (caught) {
+        error = caught
+      }
+      expect(error, name).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option, name).toBe(`webhook.retry.${name}`)
+      expect((error as Error).message, name).toMatch(new RegExp(`^webhook\\.retry\\.${name}: `))
+    }
+  })
 })
 
 describe('webhook publisher error answers', () => {
