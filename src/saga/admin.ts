@@ -342,7 +342,9 @@ async function compensationReason(tx: SqlExecutor, id: string): Promise<string |
  * Cancels a running saga: the worker that runs it finishes the step in progress, then
  * compensates the completed steps in reverse order and ends it as `cancelled`. A saga waiting
  * for a timer, a retry delay or a reply is woken at once. A command/reply step whose command
- * was sent and whose reply was not read is compensated too, first (its outcome is unknown). Throws `SagaNotFoundError`, or
+ * was sent and whose reply was not read is compensated too, first (its outcome is unknown). The
+ * step the cancel cuts off (waiting, or between attempts) ends `failed` unless it is
+ * compensated. Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not running (already compensating or finished).
  * A saga that was finishing its last step as the cancel arrived still ends `completed`. A
  * cancel of a running saga whose cancel is already requested resolves with

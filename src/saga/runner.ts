@@ -323,6 +323,7 @@ export class InstanceRun {
     // Before a cancel too: an action that crashed, then waits for its retry, is compensated.
     if (step?.kind === 'action') this.#noteUnrecorded(this.#steps[step.index])
     if (this.#cancelRequested) {
+      this.#cutOff(this.#steps[this.#stepIndex])
       // From the current step: a reply step whose command was sent, and an action an attempt
       // of which recorded no outcome, are compensated too.
       return this.#enterCompensation(await this.#cancelReason(), this.#stepIndex)
@@ -332,6 +333,26 @@ export class InstanceRun {
     if (step.kind === 'wait') return this.#wait(step)
     if (step.kind === 'reply') return this.#reply(step)
     return this.#action(step)
+  }
+
+  // The step a cancel cuts off: one that began and has not completed (it waits for a timer or
+  // a reply, or for its retry delay) never runs on, so it ends `failed`, as a step does whose
+  // attempts end without completing (a reply step cut off by its timeout, an action by its
+  // timeoutMs). Left as it was, the cancelled saga showed it `waiting` (or `pending` with its
+  // last error) for good. A step not yet begun stays `pending`. Its `sent` and
+  // `outcomeUnknown` stay, so #nextCompensable still finds it; a reply step `waiting` as an
+  // earlier version stored it (no `sent`) always meant a command sent, which `sent` now says.
+  #cutOff(state: StepState | undefined): void {
+    if (state === undefined) return
+    if (state.status === 'waiting') {
+      state.sent ??= true
+    } else if (
+      state.status !== 'pending' ||
+      (state.attempts === 0 && state.outcomeUnknown !== true && state.error === undefined)
+    ) {
+      return
+    }
+    state.status = 'failed'
   }
 
   // An action attempt that began (the claim, or the write before it, counted it) and recorded

@@ -42,7 +42,16 @@ export const sagaStatuses: readonly SagaStatus[] = [
 /** The statuses in which a saga is finished for good. */
 export const finishedStatuses: readonly SagaStatus[] = ['completed', 'compensated', 'cancelled']
 
-/** Where one step of an instance is. */
+/**
+ * Where one step of an instance is:
+ * - `pending`: not begun, or between attempts (its retry delay);
+ * - `waiting`: for its timer (`sleepMs`, `waitUntil`) or its reply;
+ * - `completed`: it completed;
+ * - `failed`: it ended without completing: its attempts failed or were spent, or a cancel cut
+ *   it off (it was waiting, or between attempts, and never runs on); a reply step shows it
+ *   between attempts too;
+ * - `compensated`: its compensation ran.
+ */
 export type StepStatus = 'pending' | 'waiting' | 'completed' | 'failed' | 'compensated'
 
 /** An error as persisted: JSON-able, without the stack. */

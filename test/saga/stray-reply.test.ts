@@ -310,7 +310,9 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     await cancelSaga(t.db, id, { clock })
     expect(await worker.poll()).toBe(1)
     expect(await getSaga(t.db, id)).toMatchObject({ status: 'compensating' })
-    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({ status: 'waiting', sent: true })
+    // The cancel cut the step off (failed), its command still sent: the step alone would take
+    // the reply; the saga compensating is what makes it stale.
+    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({ status: 'failed', sent: true })
     expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock })).toBe('stale')
     await clock.advance(60_000)
     expect(await worker.poll()).toBe(1)
