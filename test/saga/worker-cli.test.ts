@@ -57,12 +57,24 @@ describe('saga worker arguments', () => {
   })
 
   it('a module that throws while it loads exits 1, naming it, without the usage', async () => {
-    const { code, err } = await run(['--module', fixture('cli-throws.ts')])
+    const { code, out, err } = await run(['--module', fixture('cli-throws.ts')])
     expect(code).toBe(1)
     expect(err).toContain(`--module: ${fixture('cli-throws.ts')} failed while loading`)
     expect(err).toContain('cannot reach the config at postgres://app:***@config.internal/app')
     expect(err).not.toContain('hunter2')
     expect(err).not.toContain('usage:')
+    // Said twice on purpose, as every start failure of the relay and the saga worker is (a
+    // database that does not open, one not migrated): once in the JSON log (stdout, for what
+    // collects it) and once as plain text on stderr (for whoever ran it), each once, both
+    // without the password.
+    const message = err.replace(/^breakwater saga worker: /, '').trimEnd()
+    expect(err.trimEnd().split('\n')).toHaveLength(1)
+    expect(
+      out
+        .trimEnd()
+        .split('\n')
+        .map((line) => JSON.parse(line)),
+    ).toEqual([expect.objectContaining({ level: 'error', msg: message })])
   })
 
   it('--help prints the usage', async () => {
