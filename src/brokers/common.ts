@@ -444,6 +444,16 @@ export function redactUrl(value: string): string {
   }
 }
 
+/**
+ * {@link redactUrl}, with the value of every query parameter the adapter does not take
+ * (`known` is false for its name) hidden too: for the refusal of a URL whose query is checked.
+ * An unknown parameter may be a misspelt credential (`?pasword=`), and its value is of no use
+ * in the message; a known one's value stays, as it may be what to fix (`?db=x`).
+ */
+export function redactUrlQuery(value: string, known: (name: string) => boolean): string {
+  return maskQueryValues(redactUrl(value), (name) => !known(name), /[&#]/g)
+}
+
 /** `text` with the value of every `password` query parameter replaced by `***`. */
 function hideQueryPassword(text: string): string {
   // Its key read as URLSearchParams reads it (`pass%77ord` too), in any case.

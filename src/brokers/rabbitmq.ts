@@ -20,6 +20,7 @@ import {
   type ResolvedCommonOptions,
   rabbitmqOwnHeader,
   redactUrl,
+  redactUrlQuery,
   repeatedQueryParameter,
   resolveCommonOptions,
   shielded,
@@ -273,15 +274,16 @@ function frameSize(value: string): boolean {
  * Refuses at construction what amqplib would misread or throw on when it connects: an unknown
  * (misspelt) query parameter is ignored without a word, a bad value throws a TypeError or
  * RangeError from connect (or is read as its leading digits: heartbeat=10s as 10), a repeated
- * one keeps its first value, a fragment is dropped. Values are never quoted: the query may
- * have been pasted with a secret in it.
+ * one keeps its first value, a fragment is dropped. The value of a parameter amqplib does not
+ * take is never quoted: the query may have been pasted with a secret in it (`?pass=`).
  */
 function checkRabbitUrl(url: URL, given: string): void {
   const refuse = (expected: string): never => {
     throw new InvalidOptionError(
       'rabbitmq.url',
       `an amqp:// or amqps:// URL ${expected}`,
-      redactUrl(given),
+      // A misspelt parameter's value may be a credential (?pass=...): only amqplib's are shown.
+      redactUrlQuery(given, (name) => rabbitQuery.has(name)),
     )
   }
   for (const [name, value] of url.searchParams) {

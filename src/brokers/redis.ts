@@ -19,6 +19,7 @@ import {
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
+  redactUrlQuery,
   repeatedQueryParameter,
   resolveCommonOptions,
   subscriptionDispatcher,
@@ -266,6 +267,8 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
     ['rediss:'],
     redisOptions,
   )
+  // What the refusals below show: a misspelt parameter's value may be a credential.
+  const shown = redactUrlQuery(options.url, (name) => queryFormats.has(name))
   // ioredis reads the path as the database number with parseInt and ignores the rest, so
   // '/3x' would silently mean database 3 and '/abc' database 0.
   const path = common.url.pathname.replace(/^\//, '')
@@ -273,7 +276,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
     throw new InvalidOptionError(
       'redis.url',
       `a redis:// or rediss:// URL whose path is empty or a database number from 0 to ${maxRedisDb} (/0, /1, ...)`,
-      redactUrl(options.url),
+      shown,
     )
   }
   // ioredis lets the URL's query override the options the adapter gives it, which would undo
@@ -285,7 +288,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
       throw new InvalidOptionError(
         'redis.url',
         `a redis:// or rediss:// URL whose query does not set ${name} (the adapter sets it; see RedisBrokerOptions)`,
-        redactUrl(options.url),
+        shown,
       )
     }
     // Any other name becomes an ioredis option: a typo is ignored without a word, and some act
@@ -297,7 +300,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
         format === undefined
           ? `a redis:// or rediss:// URL whose query sets only ${[...queryFormats.keys()].join(', ')}, not "${name}"`
           : `a redis:// or rediss:// URL whose query parameter "${name}" is ${queryFormatNames[name]}`,
-        redactUrl(options.url),
+        shown,
       )
     }
   }
@@ -308,7 +311,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
     throw new InvalidOptionError(
       'redis.url',
       `a redis:// or rediss:// URL that sets "${repeated}" once, in its query`,
-      redactUrl(options.url),
+      shown,
     )
   }
   // ioredis takes what the URL itself names and ignores the query's: one would be dropped.
@@ -323,7 +326,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
       throw new InvalidOptionError(
         'redis.url',
         `a redis:// or rediss:// URL that sets "${name}" once, in its ${where} or in its query`,
-        redactUrl(options.url),
+        shown,
       )
     }
   }
@@ -332,7 +335,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
     throw new InvalidOptionError(
       'redis.url',
       'a redis:// or rediss:// URL without a fragment (#...)',
-      redactUrl(options.url),
+      shown,
     )
   }
   const consumerName = options.consumerName

@@ -1,7 +1,11 @@
 // Broker URL parameters an adapter would ignore without a word (or hand to its driver, which
 // acts on them behind the adapter's back) are refused at construction, naming the parameter.
 import { describe, expect, it } from 'vitest'
-import { createNatsBroker, createRedisBroker } from '../../src/brokers/index.js'
+import {
+  createNatsBroker,
+  createRabbitMqBroker,
+  createRedisBroker,
+} from '../../src/brokers/index.js'
 import { refusal } from './support.js'
 
 describe('NATS URL', () => {
@@ -97,6 +101,33 @@ describe('Redis URL', () => {
   it('refuses a fragment', () => {
     expect(refusal(() => createRedisBroker({ url: 'redis://127.0.0.1#x' })).option).toBe(
       'redis.url',
+    )
+  })
+})
+
+describe('a refused URL query', () => {
+  it('never quotes the value of a parameter the adapter does not take (a misspelt password)', () => {
+    // ?pasword=hunter2 is refused as unknown; its value was quoted with the URL, as was an
+    // unknown parameter's after a known one with a bad value.
+    for (const [url, named] of [
+      ['redis://127.0.0.1?pasword=hunter2', 'pasword'],
+      ['redis://127.0.0.1?db=1&passwd=hunter2', 'passwd'],
+      ['redis://127.0.0.1?db=x&pass=hunter2', 'db'],
+      ['amqp://127.0.0.1?pass=hunter2', 'pass'],
+      ['amqp://127.0.0.1/?heartbeat=x&pass=hunter2', 'heartbeat'],
+    ] as const) {
+      const redis = url.startsWith('redis')
+      const error = refusal(() =>
+        redis ? createRedisBroker({ url }) : createRabbitMqBroker({ url }),
+      )
+      expect(error.option, url).toBe(redis ? 'redis.url' : 'rabbitmq.url')
+      expect(error.message).toContain(`"${named}"`)
+      expect(error.message).not.toContain('hunter2')
+      expect(JSON.stringify(error.value)).not.toContain('hunter2')
+    }
+    // A known parameter's bad value is still shown: it is what to fix.
+    expect(refusal(() => createRedisBroker({ url: 'redis://127.0.0.1?db=x' })).message).toContain(
+      '?db=x',
     )
   })
 })
