@@ -3,7 +3,7 @@ import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { maskQueryValues } from '../core/query-keys.js'
 import { hasLoneSurrogate } from '../core/text.js'
-import { userinfoSpan } from '../core/userinfo.js'
+import { hideBeforeAt, userinfoSpan } from '../core/userinfo.js'
 import {
   checkClock,
   checkFunction,
@@ -460,21 +460,6 @@ function hideQueryPassword(text: string): string {
   return maskQueryValues(text, (name) => name.toLowerCase() === 'password', /[&#]/g)
 }
 
-/**
- * A URL-like string with everything between its scheme (and any slashes after it) and the last
- * `@` before its query replaced by `***`: where a user name and password sit when no
- * `scheme://userinfo@` was found (written without //, or with an invalid scheme). Unchanged
- * without an `@`.
- */
-function hideBeforeAt(value: string): string {
-  const first = value.indexOf('@')
-  if (first === -1) return value
-  const query = value.slice(first).search(/[?#]/)
-  const at = value.lastIndexOf('@', query === -1 ? value.length : first + query)
-  // A scheme and its slashes, or (no valid scheme, such as `%%://`) whatever precedes `//`.
-  const scheme = /^(?:[a-z][a-z0-9+.-]*:\/*|[^@]*?\/\/)/i.exec(value)?.[0] ?? ''
-  return `${value.slice(0, scheme.length)}***${value.slice(at)}`
-}
 
 /** Checks the arguments of `Subscriber.subscribe()`. */
 export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unknown): void {

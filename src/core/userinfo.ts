@@ -30,3 +30,19 @@ export function userinfoSpan(url: string): UserinfoSpan | undefined {
   const colon = url.indexOf(':', start)
   return { start, colon: colon !== -1 && colon < at ? colon : -1, at }
 }
+
+/**
+ * A URL-like string with everything between its scheme (and any slashes after it) and the last
+ * `@` before its query replaced by `***`: where a user name and password sit when no
+ * `scheme://userinfo@` was found (written without //, or with an invalid scheme). Unchanged
+ * without an `@`. Shared by the database and broker redaction.
+ */
+export function hideBeforeAt(value: string): string {
+  const first = value.indexOf('@')
+  if (first === -1) return value
+  const query = value.slice(first).search(/[?#]/)
+  const at = value.lastIndexOf('@', query === -1 ? value.length : first + query)
+  // A scheme and its slashes, or (no valid scheme, such as `%%://`) whatever precedes `//`.
+  const scheme = /^(?:[a-z][a-z0-9+.-]*:\/*|[^@]*?\/\/)/i.exec(value)?.[0] ?? ''
+  return `${value.slice(0, scheme.length)}***${value.slice(at)}`
+}

@@ -239,6 +239,13 @@ describe('redactUrl', () => {
     ['postgres://app@db/app?application_name=a@b', 'postgres://app@db/app?application_name=a@b'],
     // A libpq key passphrase: pg does not read it, so the URL is refused, shown in the message.
     ['postgresql://db/x?sslpassword=secret&x=1', 'postgresql://db/x?sslpassword=***&x=1'],
+    // Written without // (a typo): refused, and quoted in the refusal. The credentials sit in
+    // what would be the path, where no userinfo is found.
+    ['postgres:app:secret@db/app', 'postgres:***@db/app'],
+    ['postgres:/app:secret@db/app?x=a@b', 'postgres:/***@db/app?x=a@b'],
+    ['app:secret@db/app', 'app:***@db/app'],
+    // A SQLite file name may hold an @: it is no credential.
+    ['sqlite:./backups/app@2026.db', 'sqlite:./backups/app@2026.db'],
   ])('%s', (url, expected) => {
     expect(redactUrl(url)).toBe(expected)
   })
