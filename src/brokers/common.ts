@@ -460,7 +460,6 @@ function hideQueryPassword(text: string): string {
   return maskQueryValues(text, (name) => name.toLowerCase() === 'password', /[&#]/g)
 }
 
-
 /** Checks the arguments of `Subscriber.subscribe()`. */
 export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unknown): void {
   if (typeof topic !== 'string' || topic === '') {
