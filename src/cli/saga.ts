@@ -11,6 +11,8 @@ import {
   type SagaDefinition,
   type SagaDefinitionProblem,
   type SagaInstance,
+  SagaNotFoundError,
+  SagaStateConflictError,
   type SagaStatus,
   type SagaSummary,
   type SagaTimelineEntry,
@@ -229,10 +231,7 @@ async function execute(
         }
         const id = parsed.id!
         const saga = await getSaga(db, id, given)
-        if (saga === undefined) {
-          err.write(`breakwater saga: no saga instance has the id ${JSON.stringify(id)}\n`)
-          return 1
-        }
+        if (saga === undefined) return refused(new SagaNotFoundError(id), err)
         const timeline = await getSagaTimeline(db, id)
         out.write(
           parsed.json
@@ -242,12 +241,21 @@ async function execute(
         return 0
       })
     case 'retry':
-      await retrySaga(db, parsed.id!, adminOptions(parsed))
+      try {
+        await retrySaga(db, parsed.id!, adminOptions(parsed))
+      } catch (error) {
+        return refused(error, err)
+      }
       out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
       return 0
     case 'cancel': {
+      let outcome: Awaited<ReturnType<typeof cancelSaga>>
+      try {
+        outcome = await cancelSaga(db, parsed.id!, adminOptions(parsed))
+      } catch (error) {
+        return refused(error, err)
+      }
       // A second cancel changes nothing (the first request and its reason stand): say so.
-      const outcome = await cancelSaga(db, parsed.id!, adminOptions(parsed))
       out.write(
         outcome === 'already-requested'
           ? `saga ${parsed.id}: cancel already requested; nothing recorded (the first request and its reason stand)\n`
@@ -274,6 +282,21 @@ async function execute(
       return 0
     }
   }
+}
+
+/**
+ * An unknown id or an operation the instance's status refuses: one line, exit 1; any other
+ * error is thrown on. The library's messages are sentences (`No saga instance has the id ...`,
+ * `Saga <id> is completed: ...`); after `breakwater saga:` they start in lower case, as every
+ * `breakwater <command>:` message does. Printed as they were, `retry` and `cancel` said
+ * `No saga instance ...` where `show` said `no saga instance ...`.
+ */
+function refused(error: unknown, err: TextSink): number {
+  if (!(error instanceof SagaNotFoundError || error instanceof SagaStateConflictError)) throw error
+  // Both messages begin with a word of their own ("No", "Saga"), never a name or an acronym.
+  const message = error.message.charAt(0).toLowerCase() + error.message.slice(1)
+  err.write(`breakwater saga: ${redactSecrets(message)}\n`)
+  return 1
 }
 
 type Definitions = readonly SagaDefinition<unknown, unknown>[]

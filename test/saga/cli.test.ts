@@ -177,13 +177,20 @@ describe.each(dbTargets)('saga command on $dialect', (target) => {
     expect(json.timeline.at(-1)!.kind).toBe('completed')
     const missing = await run(['show', 'no-such-id', '--db', t.url])
     expect(missing.code).toBe(1)
-    expect(missing.err).toContain('no saga instance has the id "no-such-id"')
+    expect(missing.err).toBe('breakwater saga: no saga instance has the id "no-such-id"\n')
   })
 
   it('retry re-queues a parked saga; a worker then finishes its compensation', async () => {
     const refused = await run(['retry', ids.done!, '--db', t.url])
     expect(refused.code).toBe(1)
-    expect(refused.err).toContain('only a parked (failed) saga can be retried')
+    // Lower case after `breakwater saga:`, as every CLI message: the library's error is a
+    // sentence (`Saga <id> is ...`, `No saga instance ...`), which retry and cancel printed as is.
+    expect(refused.err).toBe(
+      `breakwater saga: saga ${ids.done} is completed: only a parked (failed) saga can be retried\n`,
+    )
+    const unknown = await run(['retry', 'nope', '--db', t.url])
+    expect(unknown.code).toBe(1)
+    expect(unknown.err).toBe('breakwater saga: no saga instance has the id "nope"\n')
     const { code, out } = await run([
       'retry',
       ids.parked!,
@@ -207,10 +214,14 @@ describe.each(dbTargets)('saga command on $dialect', (target) => {
     expect(out).toContain('cancel requested')
     await createSagaWorker({ db: t.db, sagas: [saga], clock }).poll()
     expect((await getSaga(t.db, ids.waiting!))!.status).toBe('cancelled')
-    expect((await run(['cancel', ids.waiting!, '--db', t.url])).code).toBe(1)
+    const again = await run(['cancel', ids.waiting!, '--db', t.url])
+    expect(again.code).toBe(1)
+    expect(again.err).toBe(
+      `breakwater saga: saga ${ids.waiting} is cancelled: only a running saga can be cancelled\n`,
+    )
     const unknown = await run(['cancel', 'nope', '--db', t.url])
     expect(unknown.code).toBe(1)
-    expect(unknown.err).toContain('No saga instance has the id "nope"')
+    expect(unknown.err).toBe('breakwater saga: no saga instance has the id "nope"\n')
   })
 
   it('show prints a time past Date’s range as its number (a sleep an earlier version stored)', async () => {
