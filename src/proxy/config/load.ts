@@ -122,6 +122,10 @@ export function validateProxyDocument(
     throw new ConfigInvalidError(
       sourceName,
       doc.errors.map((error) => {
+        if (error.code === 'DUPLICATE_KEY') {
+          const repeated = repeatedKeyProblem(doc, error.pos[0], lineCounter)
+          if (repeated !== undefined) return repeated
+        }
         const pos = error.linePos?.[0]
         // The first sentence only: yaml's full message quotes the offending source line,
         // which may hold a secret.
@@ -348,6 +352,46 @@ function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter)
     },
   })
   return problems
+}
+
+/**
+ * The problem of a key written twice in one mapping, which yaml reports as "Map keys must be
+ * unique" at the second one: that names neither the key nor where it was first written, which
+ * in a long file the operator had to find by hand. This names the key's path and both places.
+ * Undefined when the key at `offset` is not found (a collection used as a key), so the caller
+ * falls back to yaml's text.
+ */
+function repeatedKeyProblem(
+  doc: Document,
+  offset: number,
+  lineCounter: LineCounter,
+): ConfigProblem | undefined {
+  let problem: ConfigProblem | undefined
+  visit(doc, {
+    Map(_, map, ancestors) {
+      const again = map.items.find((pair) => isScalar(pair.key) && pair.key.range?.[0] === offset)
+      if (again === undefined || !isScalar(again.key)) return undefined
+      const value = again.key.value
+      const key = keyName(value)
+      const first = map.items.find(
+        (pair) => isScalar(pair.key) && pair.key.value === value && pair !== again,
+      )
+      const firstAt = isScalar(first?.key) ? first.key.range?.[0] : undefined
+      const where =
+        firstAt === undefined
+          ? ''
+          : ` (first at line ${lineCounter.linePos(firstAt).line}, column ${lineCounter.linePos(firstAt).col})`
+      const pos = lineCounter.linePos(offset)
+      problem = {
+        path: formatPath([...pathOf(ancestors, map), key]),
+        message: `expected each key once in its mapping, got ${echo(key, true)} again${where}`,
+        line: pos.line,
+        column: pos.col,
+      }
+      return visit.BREAK
+    },
+  })
+  return problem
 }
 
 /**

@@ -214,9 +214,33 @@ extra: 1
     expect(problemsOf('services:\n  app: [1, 2\nlisteners: []\n')).toMatch(
       /\n {2}3:1: YAML syntax error: /,
     )
-    expect(problemsOf('workers: 1\nworkers: 2\n')).toMatch(
-      /2:1: YAML syntax error: Map keys must be unique/,
+    expect(problemsOf('workers: 1\nworkers: 2\n')).toContain(
+      '\n  workers: expected each key once in its mapping, got "workers" again (first at line 1, column 1) (line 2, column 1)',
     )
+  })
+
+  it('names the path of a repeated key, at any depth and in flow mappings', () => {
+    // yaml's own text ("Map keys must be unique") named neither the key nor where it was
+    // first written, so in a long file the operator had to find both by hand.
+    const message = problemsOf(`services:
+  payments:
+    endpoints: [http://127.0.0.1:1]
+    retry: { attempts: 2, attempts: 3 }
+  payments:
+    endpoints: [http://127.0.0.1:2]
+listeners:
+  - { name: out, name: in, role: ambassador, port: 1 }
+`)
+    expect(message).toContain(
+      '\n  services.payments.retry.attempts: expected each key once in its mapping, got "attempts" again (first at line 4, column 14) (line 4, column 27)',
+    )
+    expect(message).toContain(
+      '\n  services.payments: expected each key once in its mapping, got "payments" again (first at line 2, column 3) (line 5, column 3)',
+    )
+    expect(message).toContain(
+      '\n  listeners[0].name: expected each key once in its mapping, got "name" again (first at line 8, column 7) (line 8, column 18)',
+    )
+    expect(message).not.toContain('Map keys must be unique')
   })
 
   it('checks cross-field rules', () => {
