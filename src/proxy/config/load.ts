@@ -111,12 +111,17 @@ export function validateProxyDocument(
   const lineCounter = new LineCounter()
   // uniqueKeys (the default) makes a repeated key an error rather than last-one-wins. merge
   // takes YAML 1.1 merge keys (`<<: *defaults`), which operators share settings with; the
-  // merged document is validated as if written out in full.
+  // merged document is validated as if written out in full. resolveKnownTags off: yaml
+  // otherwise reads YAML 1.1's !!set, !!omap, !!pairs, !!binary and !!timestamp even under the
+  // core schema, into a Set, Map, Buffer or Date that the schema took for an empty mapping (a
+  // service `!!set { endpoints }` passed with no endpoints); off, they are tags it does not
+  // resolve, which unreadValues refuses by name.
   const doc = parseDocument(yamlText, {
     lineCounter,
     prettyErrors: true,
     uniqueKeys: true,
     merge: true,
+    resolveKnownTags: false,
   })
   if (doc.errors.length > 0) {
     throw new ConfigInvalidError(

@@ -48,6 +48,38 @@ ${listeners}`)
     expect(message).toContain(`got the tag ${tag}`)
   })
 
+  // yaml resolves these YAML 1.1 tags even under the core schema, into a Set, a Map, a Buffer
+  // or a Date, which the schema took for an empty mapping: `app: !!set { endpoints }` passed
+  // `--check` as a service with no endpoints, and the proxy started it reading a discovery
+  // file named "".
+  it.each([
+    ['!!set', '  app: !!set { endpoints }\n', 'services.app'],
+    ['!!omap', '  app: !!omap [{ endpoints: [http://127.0.0.1:3000] }]\n', 'services.app'],
+    [
+      '!!pairs',
+      '  app: { endpoints: [http://127.0.0.1:3000], timeouts: !!pairs [{ readMs: 5 }] }\n',
+      'services.app.timeouts',
+    ],
+    [
+      '!!binary',
+      '  app: { endpoints: [http://127.0.0.1:3000], tls: { caFile: !!binary aGVsbG8= } }\n',
+      'services.app.tls.caFile',
+    ],
+    [
+      '!!timestamp',
+      '  app: { endpoints: [http://127.0.0.1:3000], tls: { caFile: !!timestamp 2001-01-01 } }\n',
+      'services.app.tls.caFile',
+    ],
+  ])(
+    'refuses the YAML 1.1 tag %s, which would make no mapping of the config',
+    (tag, line, path) => {
+      const message = problemsOf(`services:\n${line}${listeners}`)
+      expect(message).toContain('(1 problem)')
+      expect(message).toContain(`${path}: expected a value without a YAML tag`)
+      expect(message).toContain(`got the tag ${tag}`)
+    },
+  )
+
   it('takes a tag the loader resolves', () => {
     const config = parseProxyConfig(
       `services:\n  app: { endpoints: [!!str http://127.0.0.1:3000] }\n${listeners}drainTimeoutMs: !!int 5\n`,
