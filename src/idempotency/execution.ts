@@ -78,10 +78,19 @@ class ExecutionContext implements IdempotencyContext {
 // Phase results are stored wrapped, so that a phase returning undefined replays as undefined.
 type WrappedPhase = { readonly v?: JsonValue }
 
-// What a replay will read back; refused (INVALID_OPTION) when JSON would change the value.
-function roundTrip<T>(value: T, name: string): Jsonified<T> {
-  if (value === undefined) return value as Jsonified<T>
-  return JSON.parse(recordableJson(`phase ${JSON.stringify(name)}`, value)) as Jsonified<T>
+// The JSON a replay will read back; refused (INVALID_OPTION) when JSON would change the value.
+function phaseJson(value: unknown, name: string): string | undefined {
+  return value === undefined ? undefined : recordableJson(`phase ${JSON.stringify(name)}`, value)
+}
+
+// The handler gets a copy of a phase's recorded value, never the object kept in the phases:
+// every later phase saves them all, so a change the handler made to the value it got
+// (cart.items.push(...)) would be saved as what the phase returned, and a retry that takes over
+// would resume with a value the phase never returned.
+function phaseValue<T>(wrapped: WrappedPhase): Jsonified<T> {
+  return (
+    wrapped.v === undefined ? undefined : JSON.parse(JSON.stringify(wrapped.v))
+  ) as Jsonified<T>
 }
 
 /**
@@ -194,9 +203,7 @@ export class Execution {
     // the phase and run it again), and finding that out at the save would come after fn's call
     // to another system had already happened.
     checkStoredName('ctx.phase(name)', name)
-    if (Object.hasOwn(this.#phases, name)) {
-      return (this.#phases[name] as WrappedPhase).v as Jsonified<T>
-    }
+    if (Object.hasOwn(this.#phases, name)) return phaseValue<T>(this.#phases[name] as WrappedPhase)
     if (this.#expired) throw this.#leaseLost()
     if (this.#settled) {
       throw new TransactionMisuseError(
@@ -231,17 +238,18 @@ export class Execution {
     // for the phase, until the lease runs out.
     this.#phaseRunning = true
     this.#tx.hold(phaseMisuse())
-    let result: Jsonified<T>
+    let json: string | undefined
+    let wrapped: WrappedPhase
     let leaseExpiresAtMs = 0
     let phases: Record<string, JsonValue>
     try {
       try {
-        result = roundTrip<T>((await fn(phaseTx)) as T, name)
+        json = phaseJson(await fn(phaseTx), name)
+        wrapped = json === undefined ? {} : { v: JSON.parse(json) as JsonValue }
       } catch (error) {
         await phaseTx.rollback()
         throw error
       }
-      const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
       phases = { ...this.#phases, [name]: wrapped }
       try {
         await phaseTx.commit(async (tx) => {
@@ -263,7 +271,8 @@ export class Execution {
     this.#phases = phases
     this.#recoveryPoint = name
     if (!this.#settled) this.#armLeaseTimer(leaseExpiresAtMs - clock.now())
-    return result
+    // Parsed again: the handler's copy, apart from the one kept in the phases.
+    return (json === undefined ? undefined : JSON.parse(json)) as Jsonified<T>
   }
 
   /**

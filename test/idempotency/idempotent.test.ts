@@ -452,6 +452,50 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(calls).toEqual(['pair'])
   })
 
+  // ctx.phase() handed the handler the very object it kept as the phase's recorded value, and
+  // every later phase saves all phases committed before it: a handler that changed what a phase
+  // returned (cart.items.push(...)) had the change saved as that phase's result with its next
+  // phase, so the retry that took over after a crash resumed with a value the phase never
+  // returned. The same for a phase replayed to a holder that took over. Each holder here is a
+  // process of its own (its own clock); the first two hang after their last phase (a crash).
+  it('resumes with what a phase returned, whatever the handler later did to its value', async () => {
+    const key = randomUUID()
+    const run = (nowMs: number, fn: Parameters<typeof idempotent>[1]) =>
+      createIdempotency({ store: testDb.db, clock: new ManualClock(nowMs), leaseMs: 10_000 }).run(
+        key,
+        fn,
+        { scope: 'mutated-phase' },
+      )
+    const seen: unknown[] = []
+    const crashed = gate()
+    void run(1_000_000, async (ctx) => {
+      const cart = await ctx.phase('load', () => ({ items: ['book'] }))
+      cart.items.push('changed by attempt 1')
+      // The phase as recorded, asked for again in the same attempt.
+      seen.push(await ctx.phase('load', () => ({ items: ['ran again'] })))
+      await ctx.phase('reserve', () => 'reserved')
+      crashed.open()
+      await new Promise(() => {})
+    }).catch(() => {})
+    await crashed.promise
+    const charged = gate()
+    void run(1_010_001, async (ctx) => {
+      const cart = await ctx.phase('load', () => ({ items: ['ran again'] }))
+      seen.push(structuredClone(cart))
+      cart.items.push('changed by attempt 2')
+      await ctx.phase('charge', () => 'charged')
+      charged.open()
+      await new Promise(() => {})
+    }).catch(() => {})
+    await charged.promise
+    const third = await run(1_030_002, async (ctx) => ({
+      attempt: ctx.attempt,
+      load: await ctx.phase('load', () => ({ items: ['ran again'] })),
+    }))
+    expect(seen).toEqual([{ items: ['book'] }, { items: ['book'] }])
+    expect(third).toEqual({ attempt: 3, load: { items: ['book'] } })
+  })
+
   // A signal that is not an AbortSignal was used only when the call waited for another holder,
   // and then failed with a bare TypeError (after arming the poll's timer): accepted silently
   // until the one call that had to wait. It is refused before anything runs, as are options
