@@ -115,8 +115,11 @@ export function validateProxyDocument(
   // otherwise reads YAML 1.1's !!set, !!omap, !!pairs, !!binary and !!timestamp even under the
   // core schema, into a Set, Map, Buffer or Date that the schema took for an empty mapping (a
   // service `!!set { endpoints }` passed with no endpoints); off, they are tags it does not
-  // resolve, which unreadValues refuses by name.
+  // resolve, which unreadValues refuses by name. logLevel 'error': yaml would tell Node of a
+  // list or mapping used as a key (process.emitWarning, advice to its programmer printed
+  // beside the problem); the schema names that key itself.
   const doc = parseDocument(yamlText, {
+    logLevel: 'error',
     lineCounter,
     prettyErrors: true,
     uniqueKeys: true,

@@ -7,7 +7,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { loadProxyConfig, parseProxyConfig } from '../../../src/proxy/config/index.js'
 import { problemsOf } from './problems.js'
 
@@ -79,6 +79,22 @@ ${listeners}`)
       expect(message).toContain(`got the tag ${tag}`)
     },
   )
+
+  // yaml told Node of a key that is a list or mapping with process.emitWarning, so `--check`
+  // (and a running proxy, at each reload) printed "(node:…) Warning: Keys with collection values
+  // will be stringified… Set mapAsMap: true", advice to yaml's programmer, beside the problem.
+  it('names a list used as a key without a Node warning of its own', () => {
+    const emitWarning = vi.spyOn(process, 'emitWarning')
+    try {
+      const message = problemsOf(
+        `services:\n  ? [x]\n  : { endpoints: [http://127.0.0.1:3000] }\n${listeners}`,
+      )
+      expect(message).toContain('services["[ x ]"]: expected a key that is a name')
+      expect(emitWarning).not.toHaveBeenCalled()
+    } finally {
+      emitWarning.mockRestore()
+    }
+  })
 
   it('takes a tag the loader resolves', () => {
     const config = parseProxyConfig(
