@@ -21,6 +21,7 @@ import {
 import { redactUrl } from '../stores/redact.js'
 import {
   ConfigInvalidError,
+  formatProblem,
   ProxyClosedError,
   ProxyStartError,
   type ProxyStartErrorCode,
@@ -749,7 +750,9 @@ class ProxyRuntime implements ProxyInternals {
           ])
     this.#deps.logger.error('config reload refused; the running config stays in force', {
       code: invalid.code,
-      problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+      // As --check prints them, with the line and column: the operator reading the log
+      // finds the place without running --check.
+      problems: invalid.problems.map(formatProblem),
       problemCount: invalid.problemCount,
     })
     return invalid

@@ -741,7 +741,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
             ])
       log.error('config reload refused; the running config stays in force', {
         code: invalid.code,
-        problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+        // As --check prints them, with the line and column: the operator reading the log
+        // finds the place without running --check.
+        problems: invalid.problems.map(formatProblem),
         problemCount: invalid.problemCount,
       })
       return { refused: invalid, workers: [] }

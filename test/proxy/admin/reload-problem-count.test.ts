@@ -95,6 +95,11 @@ ${admin}`
     const line = log.lines().find((l) => l.msg === refusedMsg)
     expect(line?.problemCount).toBe(120)
     expect(line?.problems).toHaveLength(51)
+    // Each problem as --check prints it, with where it is: the log line gave path and message
+    // only, so an operator reading a refused reload had to run --check to find the line.
+    expect((line?.problems as string[] | undefined)?.[0]).toBe(
+      'unknown0: unknown key (not part of the proxy config) (line 6, column 1)',
+    )
   })
 
   describe('in the multi-process mode', () => {
@@ -129,6 +134,9 @@ ${admin}`
       const line = log.lines().find((l) => l.msg === refusedMsg)
       expect(line?.problemCount).toBe(2_000)
       expect(line?.problems).toHaveLength(51)
+      expect((line?.problems as string[] | undefined)?.[0]).toMatch(
+        /^unknown0: unknown key \(not part of the proxy config\) \(line \d+, column 1\)$/,
+      )
     })
 
     it("gives a worker's full count once the primary revived its refusal", async () => {
