@@ -322,6 +322,8 @@ export class Execution {
   /**
    * Rolls the handler's transaction back and deletes the in-progress record (with `claim:
    * 'in-transaction'` the rollback alone undoes the claim), so that a retry runs the work again.
+   * After committed phases the record stays and only its lease ends: the retry takes it over
+   * at once and resumes after them.
    * Rejects with {@link IdempotencyReleaseError} (the store's error as `cause`, and the
    * `release-failed` event published) when the store fails to delete the record: the key then
    * stays held until its lease ends, and the caller must report that, since every retry until
@@ -337,16 +339,39 @@ export class Execution {
 
   // Deletes the record, fenced by the token: after a takeover nothing goes (and nothing is
   // published). A store failure is published and thrown as IdempotencyReleaseError.
+  // With committed phases, the record stays and only its lease ends (see #endLease).
   async #releaseRecord(): Promise<void> {
     const { scope, key } = this.#lease
     let released: boolean
     try {
-      released = await this.#settings.store.release(this.#lease)
+      released =
+        this.#recoveryPoint === undefined
+          ? await this.#settings.store.release(this.#lease)
+          : await this.#endLease(this.#recoveryPoint)
     } catch (error) {
       publish('release-failed', { scope, key, error })
       throw new IdempotencyReleaseError(scope, key, error)
     }
     if (released) publish('released', { scope, key })
+  }
+
+  // Ends the lease now, keeping the record with its committed phases, fenced by the token as a
+  // phase's save is. Deleting it would delete the phases' recorded results, and the retry
+  // would run them (a charge) again; as in Stripe's design, the retry instead takes the key
+  // over at once and resumes after the recovery point. False when the lease was already lost
+  // (the holder that took over has the phases).
+  async #endLease(point: string): Promise<boolean> {
+    const { store, clock } = this.#settings
+    try {
+      return await store.transaction(async (tx) => {
+        const nowMs = clock.now()
+        return store.savePhase(tx, this.#lease, point, this.#phases, nowMs, nowMs)
+      })
+    } catch (error) {
+      // The memory and Redis stores check the lease again at commit.
+      if (error instanceof IdempotencyInProgressError) return false
+      throw error
+    }
   }
 }
 

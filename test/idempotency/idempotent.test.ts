@@ -496,6 +496,46 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(third).toEqual({ attempt: 3, load: { items: ['book'] } })
   })
 
+  // A call that failed after a phase committed released the key by deleting its record, the
+  // phase's recorded result with it: the retry ran the phase (a charge) again. As in Stripe's
+  // design the key now keeps its recovery point and only its lease ends, so the retry takes it
+  // over at once and resumes after the committed phases.
+  it('keeps committed phases when the call fails after them: the retry resumes, nothing runs twice', async () => {
+    const key = randomUUID()
+    const clock = new ManualClock(2_000_000)
+    const idem = createIdempotency({ store: testDb.db, clock, leaseMs: 10_000 })
+    const charges: string[] = []
+    const failed = await idem
+      .run(
+        key,
+        async (ctx) => {
+          await ctx.phase('charge', () => {
+            charges.push(`attempt ${ctx.attempt}`)
+            return 'ch_1'
+          })
+          throw new Error('shipping service down')
+        },
+        { scope: 'failed-after-phase' },
+      )
+      .catch((e: unknown) => e)
+    expect((failed as Error).message).toBe('shipping service down')
+    // At once, no time passed: the lease was ended, not left to run out.
+    const retried = await idem.run(
+      key,
+      async (ctx) => ({
+        attempt: ctx.attempt,
+        recoveryPoint: ctx.recoveryPoint,
+        charge: await ctx.phase('charge', () => {
+          charges.push(`attempt ${ctx.attempt}`)
+          return 'ch_2'
+        }),
+      }),
+      { scope: 'failed-after-phase' },
+    )
+    expect(retried).toEqual({ attempt: 2, recoveryPoint: 'charge', charge: 'ch_1' })
+    expect(charges).toEqual(['attempt 1'])
+  })
+
   // A signal that is not an AbortSignal was used only when the call waited for another holder,
   // and then failed with a bare TypeError (after arming the poll's timer): accepted silently
   // until the one call that had to wait. It is refused before anything runs, as are options
