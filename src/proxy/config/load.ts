@@ -10,8 +10,10 @@ import {
   isSeq,
   LineCounter,
   type Node,
+  type Pair,
   parseDocument,
   visit,
+  type YAMLMap,
 } from 'yaml'
 import type { z } from 'zod'
 import { isSecretKey, redactSecrets } from '../../observability/redact.js'
@@ -180,9 +182,12 @@ export function validateProxyDocument(
       ...(startTimeoutMs === undefined ? {} : { startTimeoutMs }),
     }
   }
+  // Found through aliases and merge keys, so a problem in merged or aliased settings points at
+  // where it is written, not at the `<<: *defaults` or `*slow` that brought it in.
+  const resolve = aliasResolver(doc)
   const locate = (path: readonly (string | number)[]): { line?: number; col?: number } => {
     for (let n = path.length; n >= 0; n--) {
-      const node = doc.getIn(path.slice(0, n), true) as Node | undefined
+      const node = nodeAt(doc.contents, path.slice(0, n), resolve)
       const start = node?.range?.[0]
       if (start !== undefined) {
         const pos = lineCounter.linePos(start)
@@ -195,14 +200,12 @@ export function validateProxyDocument(
   }
   // For unknown keys, point at the key itself rather than at its map.
   const locateKey = (path: readonly (string | number)[], key: string) => {
-    const map = doc.getIn(path, true)
-    if (isMap(map)) {
-      for (const pair of map.items) {
-        if (isScalar(pair.key) && String(pair.key.value) === key && pair.key.range != null) {
-          const pos = lineCounter.linePos(pair.key.range[0])
-          return { line: pos.line, col: pos.col }
-        }
-      }
+    const map = nodeAt(doc.contents, path, resolve)
+    const pair = isMap(map) ? pairOf(map, key, resolve) : undefined
+    const start = isScalar(pair?.key) ? pair.key.range?.[0] : undefined
+    if (start !== undefined) {
+      const pos = lineCounter.linePos(start)
+      return { line: pos.line, col: pos.col }
     }
     return locate(path)
   }
@@ -419,6 +422,54 @@ function aliasResolver(doc: Document): (alias: Alias) => Node | undefined {
     },
   })
   return (alias) => targets.get(alias)
+}
+
+/**
+ * The node at `path` as the loader reads the document: through aliases, and into the mappings a
+ * merge key brings in (see {@link pairOf}). Undefined when nothing is written there.
+ */
+function nodeAt(
+  root: unknown,
+  path: readonly (string | number)[],
+  resolve: (alias: Alias) => Node | undefined,
+): Node | undefined {
+  let node = (isAlias(root) ? resolve(root) : root) as Node | null | undefined
+  for (const part of path) {
+    if (isSeq(node) && typeof part === 'number') node = node.items[part] as Node | undefined
+    else if (isMap(node)) node = pairOf(node, String(part), resolve)?.value as Node | undefined
+    else return undefined
+    if (isAlias(node)) node = resolve(node)
+  }
+  return node ?? undefined
+}
+
+/**
+ * The pair that gives `map` its `key`: one written in it, else one of the mappings its merge key
+ * names, the first of them first (YAML 1.1's order, which yaml follows: keys written beside a
+ * merge win, then earlier merged mappings over later ones).
+ */
+function pairOf(
+  map: YAMLMap,
+  key: string,
+  resolve: (alias: Alias) => Node | undefined,
+  depth = 0,
+): Pair | undefined {
+  const written = map.items.find(
+    (pair) =>
+      isScalar(pair.key) && typeof pair.key.value !== 'symbol' && String(pair.key.value) === key,
+  )
+  // A mapping that merges itself (through an alias of an enclosing anchor) stops here.
+  if (written !== undefined || depth > 32) return written
+  for (const pair of map.items) {
+    if (!isScalar(pair.key) || typeof pair.key.value !== 'symbol') continue
+    const sources = isSeq(pair.value) ? pair.value.items : [pair.value]
+    for (const source of sources) {
+      const merged = isAlias(source) ? resolve(source) : source
+      const found = isMap(merged) ? pairOf(merged, key, resolve, depth + 1) : undefined
+      if (found !== undefined) return found
+    }
+  }
+  return undefined
 }
 
 /**

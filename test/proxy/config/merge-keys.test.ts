@@ -62,6 +62,28 @@ ${listeners}`)
     expect(message).toContain('services.payments.retyr: unknown key')
   })
 
+  // The place given was the mapping the merge or alias stands in (or its parent), where the
+  // offending text is not: the operator looked at `<<: *defaults` for a typo written elsewhere.
+  it('point at where a merged or aliased problem is written', () => {
+    const message = problemsOf(`x-defaults: &defaults
+  timeouts: { conectMs: 500 }
+  retry: { attempts: 0 }
+x-slow: &slow { connectMs: 0 }
+services:
+  payments: { <<: *defaults, endpoints: [http://127.0.0.1:3001] }
+  orders: { endpoints: [http://127.0.0.1:3002], timeouts: *slow }
+${listeners}`)
+    expect(message).toContain(
+      'services.payments.timeouts.conectMs: unknown key (not part of the proxy config) (line 2, column 15)',
+    )
+    expect(message).toContain(
+      'services.payments.retry.attempts: expected integer >= 1, got 0 (line 3, column 22)',
+    )
+    expect(message).toContain(
+      'services.orders.timeouts.connectMs: expected integer in [1, 2147483647], got 0 (line 4, column 28)',
+    )
+  })
+
   it.each([
     ['an alias of a value', 'attempts: &x 2', '*x', 'a number'],
     ['a list of values', '', '[1, 2]', 'a list holding a number'],
