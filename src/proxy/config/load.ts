@@ -128,14 +128,18 @@ export function validateProxyDocument(
     merge: true,
     resolveKnownTags: false,
   })
-  if (doc.errors.length > 0) {
+  // A key written twice leaves a document that can still be read (the last one wins), so the
+  // rest of it is checked too and --check lists every fault at once; a syntax error stops here.
+  const repeated = doc.errors.map((error) =>
+    error.code === 'DUPLICATE_KEY' ? repeatedKeyProblem(doc, error.pos[0], lineCounter) : undefined,
+  )
+  const early = repeated.filter((problem) => problem !== undefined)
+  if (early.length < doc.errors.length) {
     throw new ConfigInvalidError(
       sourceName,
-      doc.errors.map((error) => {
-        if (error.code === 'DUPLICATE_KEY') {
-          const repeated = repeatedKeyProblem(doc, error.pos[0], lineCounter)
-          if (repeated !== undefined) return repeated
-        }
+      doc.errors.map((error, i) => {
+        const known = repeated[i]
+        if (known !== undefined) return known
         const pos = error.linePos?.[0]
         // The first sentence only: yaml's full message quotes the offending source line,
         // which may hold a secret.
@@ -155,13 +159,15 @@ export function validateProxyDocument(
     )
   }
   const unread = unreadValues(doc, yamlText, lineCounter)
-  if (unread.length > 0) throw new ConfigInvalidError(sourceName, unread)
+  if (unread.length > 0)
+    throw new ConfigInvalidError(sourceName, inDocumentOrder([...early, ...unread]))
   let raw: unknown
   try {
     raw = doc.toJS({ maxAliasCount })
   } catch (error) {
     const message = (error as Error).message
     throw new ConfigInvalidError(sourceName, [
+      ...early,
       {
         path: '(yaml)',
         message: message.startsWith('Excessive alias count')
@@ -231,7 +237,7 @@ export function validateProxyDocument(
       message,
       line: at.line,
       column: at.col,
-      order: (at.line ?? Number.MAX_SAFE_INTEGER) * 10_000 + (at.col ?? 0),
+      order: orderOf(at.line, at.col),
     })
   }
 
@@ -272,6 +278,8 @@ export function validateProxyDocument(
     }
     push(path, `expected ${issue.message}, got ${describe(path, value)}`, locate(path))
   }
+  for (const problem of early)
+    problems.push({ ...problem, order: orderOf(problem.line, problem.column) })
   if (!result.success) for (const issue of result.error.issues) report(issue, [])
   for (const problem of crossFieldProblems(raw)) addRaw(problem)
   function addRaw(problem: RawProblem): void {
@@ -363,6 +371,16 @@ function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter)
     },
   })
   return problems
+}
+
+/** Where a problem sorts: by line, then column; one with no place last. */
+function orderOf(line: number | undefined, column: number | undefined): number {
+  return (line ?? Number.MAX_SAFE_INTEGER) * 10_000 + (column ?? 0)
+}
+
+/** `problems` sorted by where they are (stable: problems at one place keep their order). */
+function inDocumentOrder(problems: ConfigProblem[]): ConfigProblem[] {
+  return problems.sort((a, b) => orderOf(a.line, a.column) - orderOf(b.line, b.column))
 }
 
 /**

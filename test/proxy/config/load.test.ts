@@ -243,6 +243,23 @@ listeners:
     expect(message).not.toContain('Map keys must be unique')
   })
 
+  it('lists the other problems of a file with a repeated key', () => {
+    // A repeated key stopped the loader before the schema, so --check named it alone and the
+    // operator found the next fault only after fixing it.
+    const message = problemsOf(`services:
+  a: { endpoints: [http://127.0.0.1:1] }
+  a: { endpoints: [http://127.0.0.1:2] }
+listeners: [{ name: out, role: ambassador, port: 1, prot: 1 }]
+workers: 0
+`)
+    expect(message).toContain('(3 problems)')
+    expect(message).toMatch(
+      /\n {2}services\.a: expected each key once .*\n {2}listeners\[0\]\.prot: unknown key .*\n {2}workers: expected integer in \[1, 256\], got 0 /,
+    )
+    // A syntax error still stops there: what follows it cannot be read.
+    expect(problemsOf('workers: 1\nworkers: 2\nservices: [\n')).not.toContain('listeners')
+  })
+
   it('checks cross-field rules', () => {
     const message = problemsOf(`
 services:
