@@ -238,18 +238,42 @@ describe('network failures', () => {
     await until(() => closed.includes(1))
   })
 
+  // On the client's clock: on real time a loaded machine let the overall timeout pass before
+  // an attempt reached the server, or fit a fourth one in (a CI run failed so).
   it('fails the call at the overall timeout however many attempts are left', async () => {
+    const clock = new ManualClock()
     const server = await serve(() => {})
-    const client = clientFor(server.url, {
-      attemptTimeoutMs: 100,
-      overallTimeoutMs: 250,
-      retry: { maxAttempts: 50, baseDelayMs: 1 },
+    const client = createHttpClient({
+      clock,
+      services: {
+        svc: {
+          baseUrl: server.url,
+          attemptTimeoutMs: 100,
+          overallTimeoutMs: 250,
+          retry: { maxAttempts: 50, baseDelayMs: 1 },
+        },
+      },
     })
-    const error = await failure(client.request('svc', { path: '/' }))
+    cleanup.push(() => client.close())
+    const events = record(client)
+    let settled = false
+    const pending = failure(client.request('svc', { path: '/' })).finally(() => {
+      settled = true
+    })
+    // Every attempt sent reaches the hanging server before time moves on to the next timer
+    // (its timeout, a backoff of at most 1 ms, or the overall timeout).
+    while (!settled) {
+      const sent = events.filter((e) => e.type === 'attempt').length
+      await until(() => settled || (server.hits.length === sent && clock.nextTimerAt() !== undefined))
+      if (settled) break
+      await clock.advance(clock.nextTimerAt()! - clock.now())
+    }
+    const error = await pending
     expect(error).toBeInstanceOf(TimeoutError)
     expect((error as TimeoutError).timeoutMs).toBe(250)
-    expect(server.hits.length).toBeGreaterThanOrEqual(1)
-    expect(server.hits.length).toBeLessThanOrEqual(3)
+    expect(clock.now()).toBe(250)
+    // At 0, about 100 and about 200: the fourth would begin after 250.
+    expect(server.hits).toHaveLength(3)
   })
 
   it('times out slow headers with headersTimeoutMs', async () => {
