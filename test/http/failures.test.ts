@@ -264,7 +264,9 @@ describe('network failures', () => {
     // (its timeout, a backoff of at most 1 ms, or the overall timeout).
     while (!settled) {
       const sent = events.filter((e) => e.type === 'attempt').length
-      await until(() => settled || (server.hits.length === sent && clock.nextTimerAt() !== undefined))
+      await until(
+        () => settled || (server.hits.length === sent && clock.nextTimerAt() !== undefined),
+      )
       if (settled) break
       await clock.advance(clock.nextTimerAt()! - clock.now())
     }
