@@ -158,13 +158,17 @@ export function validateProxyDocument(
       }),
     )
   }
+  // A value not read as written (a tag, bytes that are not UTF-8) is named, and the rest of the
+  // document is checked too, so --check lists every fault at once; what the schema would say of
+  // such a value itself (the text after an unresolved tag) is left out below.
   const unread = unreadValues(doc, yamlText, lineCounter)
-  if (unread.length > 0)
-    throw new ConfigInvalidError(sourceName, inDocumentOrder([...early, ...unread]))
   let raw: unknown
   try {
     raw = doc.toJS({ maxAliasCount })
   } catch (error) {
+    // A merge of no mapping makes toJS throw with no place: unread names it.
+    if (unread.length > 0)
+      throw new ConfigInvalidError(sourceName, inDocumentOrder([...early, ...unread]))
     const message = (error as Error).message
     throw new ConfigInvalidError(sourceName, [
       ...early,
@@ -291,6 +295,15 @@ export function validateProxyDocument(
         ? problem.value
         : describe(problem.path, problem.value)
     push(problem.path, `expected ${problem.expected}, got ${got}`, locate(problem.path))
+  }
+  if (unread.length > 0) {
+    const under = (path: string, at: string): boolean =>
+      at === '(root)' || path === at || path.startsWith(`${at}.`) || path.startsWith(`${at}[`)
+    const kept = problems.filter((problem) => !unread.some((u) => under(problem.path, u.path)))
+    problems.length = 0
+    problems.push(...kept)
+    for (const problem of unread)
+      problems.push({ ...problem, order: orderOf(problem.line, problem.column) })
   }
   if (problems.length > 0) {
     problems.sort((a, b) => a.order - b.order)

@@ -96,6 +96,23 @@ ${listeners}`)
     }
   })
 
+  // A tag (or bytes that are not UTF-8) stopped the loader before the schema, so --check named
+  // it alone and the operator found the file's other faults one run at a time.
+  it('lists the other problems of the file, and none for the tagged value itself', () => {
+    const message = problemsOf(`services:
+  orders:
+    discovery: { dns: { name: !env ORDERS_HOST, port: 8080 } }
+    retyr: { attempts: 2 }
+listeners: [{ name: out, role: ambassador, port: !env PORT }]
+`)
+    expect(message).toContain('(3 problems)')
+    expect(message).toContain(
+      'services.orders.discovery.dns.name: expected a value without a YAML tag',
+    )
+    expect(message).toContain('services.orders.retyr: unknown key')
+    expect(message).toContain('listeners[0].port: expected a value without a YAML tag')
+  })
+
   it('takes a tag the loader resolves', () => {
     const config = parseProxyConfig(
       `services:\n  app: { endpoints: [!!str http://127.0.0.1:3000] }\n${listeners}drainTimeoutMs: !!int 5\n`,
