@@ -485,7 +485,9 @@ function pairOf(
   resolve: (alias: Alias) => Node | undefined,
   depth = 0,
 ): Pair | undefined {
-  const written = map.items.find(
+  // The last one written: of a key written twice (refused, but the rest is still checked),
+  // yaml reads the last.
+  const written = map.items.findLast(
     (pair) =>
       isScalar(pair.key) && typeof pair.key.value !== 'symbol' && String(pair.key.value) === key,
   )

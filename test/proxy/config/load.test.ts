@@ -256,6 +256,10 @@ workers: 0
     expect(message).toMatch(
       /\n {2}services\.a: expected each key once .*\n {2}listeners\[0\]\.prot: unknown key .*\n {2}workers: expected integer in \[1, 256\], got 0 /,
     )
+    // A problem of the repeated key's value is placed at the one that was read, the last.
+    expect(problemsOf(`workers: 1\nworkers: 0\n`)).toContain(
+      'workers: expected integer in [1, 256], got 0 (line 2, column 10)',
+    )
     // A syntax error still stops there: what follows it cannot be read.
     expect(problemsOf('workers: 1\nworkers: 2\nservices: [\n')).not.toContain('listeners')
   })
