@@ -63,6 +63,23 @@ function text(what = 'non-empty string'): z.ZodString {
   return z.string({ error: what }).min(1, { error: what })
 }
 
+// A `$` before a name or `{` is a variable as shells and docker-compose write one, which the
+// config does not substitute: `${EP_FILE}` was taken as a discovery file of that name (waited for
+// for ever), `sqlite:${DATA_DIR}/idem.db` made a folder `${DATA_DIR}` in the working folder.
+const variablePattern = /\$(?:\{|[A-Za-z_])/
+const noVariableText = '(the config substitutes no variables: write it out)'
+
+/** A non-empty path or URL without a shell variable in it (see variablePattern). */
+function literal(what: string): z.ZodString {
+  return text(what).refine((value) => !variablePattern.test(value), {
+    error: `${what} ${noVariableText}`,
+  })
+}
+
+function filePath(): z.ZodString {
+  return literal('file path')
+}
+
 const secretText =
   '{ env: NAME } or { file: path } (secrets are never written inline in the config)'
 
@@ -76,7 +93,7 @@ const envName = z
 
 /** `{ env: NAME }` or `{ file: path }`: where a secret is read from. */
 export const secretSourceSchema = z
-  .union([z.strictObject({ env: envName }), z.strictObject({ file: text('file path') })], {
+  .union([z.strictObject({ env: envName }), z.strictObject({ file: filePath() })], {
     error: secretText,
   })
   .describe(secretText)
@@ -264,7 +281,7 @@ const dnsDiscoverySchema = z.strictObject({
 
 const discoverySchema = z.strictObject({
   dns: dnsDiscoverySchema.optional(),
-  file: text('file path').optional(),
+  file: filePath().optional(),
 })
 
 const timeoutsSchema = z.strictObject({
@@ -311,9 +328,9 @@ const outlierSchema = z.strictObject({
 })
 
 const upstreamTlsSchema = z.strictObject({
-  caFile: text('file path').optional(),
-  certFile: text('file path').optional(),
-  keyFile: text('file path').optional(),
+  caFile: filePath().optional(),
+  certFile: filePath().optional(),
+  keyFile: filePath().optional(),
   serverName: text('host name').optional(),
   verify: z.boolean({ error: 'true or false' }).default(true),
 })
@@ -324,7 +341,7 @@ const authSchema = z.strictObject({
     .strictObject({
       header: headerName.default('x-api-key'),
       env: envName.optional(),
-      file: text('file path').optional(),
+      file: filePath().optional(),
     })
     .optional(),
 })
@@ -384,9 +401,9 @@ const limitsSchema = z.strictObject({
 })
 
 const listenerTlsSchema = z.strictObject({
-  certFile: text('file path'),
-  keyFile: text('file path'),
-  clientCaFile: text('file path').optional(),
+  certFile: filePath(),
+  keyFile: filePath(),
+  clientCaFile: filePath().optional(),
 })
 
 const routeSchema = z.strictObject({
@@ -500,7 +517,7 @@ export const proxyConfigSchema = z
       .optional(),
     idempotency: z
       .strictObject({
-        url: text('"memory", "sqlite:<path>" or "postgres://..." URL'),
+        url: literal('"memory", "sqlite:<path>" or "postgres://..." URL'),
       })
       .optional(),
     accessLog: z.boolean({ error: 'true or false' }).default(true),

@@ -54,3 +54,50 @@ describe('{ env: NAME }', () => {
     })
   })
 })
+
+// A file path or store URL written with a variable (`${EP_FILE}`, `sqlite:${DATA_DIR}/idem.db`,
+// as docker-compose and shells substitute) passed the loader and --check: the proxy then waited
+// for a discovery file literally named `${EP_FILE}`, or made a folder `${DATA_DIR}` for the
+// idempotency store in the working folder.
+const v = (name: string): string => `$${'{'}${name}}`
+
+describe('a path or URL written with a variable', () => {
+  it.each([
+    [
+      'services.app.discovery.file',
+      `services:\n  app: { discovery: { file: "${v('EP_FILE')}" } }\n`,
+      `"${v('EP_FILE')}"`,
+    ],
+    [
+      'services.app.tls.caFile',
+      'services:\n  app: { endpoints: [https://127.0.0.1:3000], tls: { caFile: $CERTS/ca.pem } }\n',
+      '"$CERTS/ca.pem"',
+    ],
+    [
+      'services.app.auth.bearer.file',
+      `services:\n  app: { endpoints: [http://127.0.0.1:3000], auth: { bearer: { file: "${v('SECRETS')}/t" } } }\n`,
+      `"${v('SECRETS')}/t"`,
+    ],
+    [
+      'idempotency.url',
+      `services:\n  app: { endpoints: [http://127.0.0.1:3000] }\nidempotency: { url: "sqlite:${v('DATA_DIR')}/idem.db" }\n`,
+      `"sqlite:${v('DATA_DIR')}/idem.db"`,
+    ],
+  ])('is refused at %s, saying no variable is substituted', (path, yaml, got) => {
+    const message = problemsOf(`${yaml}${listeners}`)
+    expect(message).toContain('(1 problem)')
+    expect(message).toContain(`${path}: expected `)
+    expect(message).toContain(`(the config substitutes no variables: write it out), got ${got}`)
+  })
+
+  it('takes a path with a $ that no shell would substitute', () => {
+    const config = parseProxyConfig(
+      `services:\n  app: { discovery: { file: /etc/app/endpoints$1 } }\n${listeners}`,
+      'test.yaml',
+    )
+    expect(config.services.get('app')?.discovery).toEqual({
+      kind: 'file',
+      path: '/etc/app/endpoints$1',
+    })
+  })
+})
