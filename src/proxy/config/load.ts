@@ -75,15 +75,32 @@ export async function loadProxyConfig(
  */
 export async function readConfigText(file: string): Promise<string> {
   let kind: string | undefined
+  let size = 0
   try {
-    kind = fileKind(await stat(file))
-    if (kind === undefined) return await readFile(file, 'utf8')
+    const stats = await stat(file)
+    kind = fileKind(stats)
+    size = stats.size
+    if (kind === undefined && size <= maxConfigBytes) return await readFile(file, 'utf8')
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code ?? String(error)
     throw fileProblem(file, `expected a readable YAML file, got ${reason}`)
   }
+  if (kind === undefined)
+    throw fileProblem(
+      file,
+      `expected a YAML file of at most 4 MiB (${maxConfigBytes} bytes), got ${size} bytes`,
+    )
   throw fileProblem(file, `expected a regular YAML file, got ${kind}`)
 }
+
+/**
+ * The largest config file read: 4 MiB, some fifty times a config of a thousand services. The
+ * YAML parser runs on the event loop, so a larger file (`--config` pointed at a log, a reload of
+ * a file a tool filled) held every request of a running proxy while it ran: 126 MB of comments
+ * took 12 s and 760 MB. A file that grows past the limit between the size check and the read is
+ * read whole all the same; the check is for mistakes, not for an adversary who can write it.
+ */
+export const maxConfigBytes = 4 * 1024 * 1024
 
 /** What a path that is no regular file is, in words; undefined for a regular file. */
 function fileKind(stats: Stats): string | undefined {
