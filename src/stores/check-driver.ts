@@ -1,9 +1,15 @@
 import { InvalidOptionError } from '../core/errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
-function hasDialect(value: object): boolean {
-  const dialect = (value as { dialect?: unknown }).dialect
-  return dialect === 'sqlite' || dialect === 'postgres'
+// A SQLite or PostgreSQL executor whose `method` is a function (`transaction` for a driver,
+// `query` for anything statements run on).
+function isExecutorWith(value: unknown, method: 'transaction' | 'query'): boolean {
+  if (typeof value !== 'object' || value === null) return false
+  const { dialect } = value as { dialect?: unknown }
+  return (
+    typeof (value as Record<string, unknown>)[method] === 'function' &&
+    (dialect === 'sqlite' || dialect === 'postgres')
+  )
 }
 
 /**
@@ -16,13 +22,7 @@ export function checkSqlDriver(
   value: unknown,
   expected = 'a SqlDriver',
 ): asserts value is SqlDriver {
-  if (
-    typeof value !== 'object' ||
-    value === null ||
-    typeof (value as { transaction?: unknown }).transaction !== 'function' ||
-    !hasDialect(value)
-  )
-    throw new InvalidOptionError(option, expected, value)
+  if (!isExecutorWith(value, 'transaction')) throw new InvalidOptionError(option, expected, value)
 }
 
 /**
@@ -34,11 +34,5 @@ export function checkSqlExecutor(
   value: unknown,
   expected = 'a SqlExecutor (a SqlDriver or its transaction)',
 ): asserts value is SqlExecutor {
-  if (
-    typeof value !== 'object' ||
-    value === null ||
-    typeof (value as { query?: unknown }).query !== 'function' ||
-    !hasDialect(value)
-  )
-    throw new InvalidOptionError(option, expected, value)
+  if (!isExecutorWith(value, 'query')) throw new InvalidOptionError(option, expected, value)
 }
