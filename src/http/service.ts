@@ -305,12 +305,11 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         this.#defaultHeaders['idempotency-key'],
       )
     }
-    const maxResponseBytes = checkInteger(
+    this.maxResponseBytes = checkInteger(
       `${prefix}.maxResponseBytes`,
       options.maxResponseBytes ?? 16 * 1024 * 1024,
       0,
     )
-    this.maxResponseBytes = maxResponseBytes
 
     // A budget limits retries; without retry there is nothing for it to do.
     this.retryBudget =
@@ -399,7 +398,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       // The headers and body timeouts run on the service's clock (see Exchange).
       headersTimeout: 0,
       bodyTimeout: 0,
-      maxResponseSize: maxResponseBytes,
+      maxResponseSize: this.maxResponseBytes,
     })
   }
 
