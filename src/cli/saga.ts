@@ -372,15 +372,9 @@ function table(rows: readonly (readonly string[])[]): string {
 // it is redacted before being cut, so a cut cannot leave a password that no longer looks like
 // one (`postgres://app:hunt…`).
 function truncate(text: string, max: number): string {
-  const shown = oneLine(redactSecrets(text))
+  const shown = printable(redactSecrets(text))
   return shown.length > max ? `${shown.slice(0, max - 1)}…` : shown
 }
-
-// Stored text (a reason, an error message, an operator's name, the id, the saga's name, the
-// lease owner, the input and context as JSON) is printed inside a table row or on a field's
-// line: a line break in it broke the layout, its rest read as rows or fields of their own (a
-// worker id may hold one). See printable.
-const oneLine = printable
 
 // A row changed outside breakwater is listed with the others: its cells that cannot be read
 // say so (a step shown as '-' read as a finished saga's), and a line under the table names
@@ -393,12 +387,12 @@ function definitionNote(
   saga: Pick<SagaSummary, 'name' | 'version' | 'definition' | 'definitionProblem'>,
   definitions: Definitions | undefined,
 ): string {
-  const name = oneLine(saga.name)
+  const name = printable(saga.name)
   const stored = `${name}@${saga.version ?? unreadableCell}`
   const problem: SagaDefinitionProblem = saga.definitionProblem!
   switch (problem) {
     case 'definition-mismatch':
-      return `its name and version (${stored}) are not those of its definition column (${saga.definition === undefined ? 'not text' : oneLine(saga.definition)}), which workers run it by: a worker reports it (STORED_DATA_INVALID) and does not run it`
+      return `its name and version (${stored}) are not those of its definition column (${saga.definition === undefined ? 'not text' : printable(saga.definition)}), which workers run it by: a worker reports it (STORED_DATA_INVALID) and does not run it`
     case 'unknown-name':
       return `no definition of --module is named ${name}: a worker with them does not run it`
     case 'unknown-version': {
@@ -407,7 +401,7 @@ function definitionNote(
     }
     case 'steps-changed': {
       const steps = definitions?.find((d) => d.key === saga.definition)?.stepNames ?? []
-      return `its stored steps are not those of ${stored} in --module (${steps.map(oneLine).join(', ')}): the definition was changed without a version bump, and a worker with it parks the instance`
+      return `its stored steps are not those of ${stored} in --module (${steps.map(printable).join(', ')}): the definition was changed without a version bump, and a worker with it parks the instance`
     }
   }
 }
@@ -419,8 +413,8 @@ function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): s
   const rows = [
     ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
     ...sagas.map((s) => [
-      oneLine(s.id),
-      `${oneLine(s.name)}@${s.version ?? unreadableCell}${s.definitionProblem === undefined ? '' : ` (${s.definitionProblem})`}`,
+      printable(s.id),
+      `${printable(s.name)}@${s.version ?? unreadableCell}${s.definitionProblem === undefined ? '' : ` (${s.definitionProblem})`}`,
       s.status,
       bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
       s.attempt === undefined ? unreadableCell : String(s.attempt),
@@ -432,11 +426,11 @@ function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): s
     ...(s.unreadable === undefined
       ? []
       : [
-          `saga ${oneLine(s.id)}: ${s.unreadable.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${oneLine(s.id)} says why\n`,
+          `saga ${printable(s.id)}: ${s.unreadable.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${printable(s.id)} says why\n`,
         ]),
     ...(s.definitionProblem === undefined
       ? []
-      : [`saga ${oneLine(s.id)}: ${definitionNote(s, definitions)}\n`]),
+      : [`saga ${printable(s.id)}: ${definitionNote(s, definitions)}\n`]),
   ])
   return `${table(rows)}\n${notes.length === 0 ? '' : `\n${notes.join('')}`}`
 }
@@ -447,15 +441,15 @@ function formatShow(
   definitions?: Definitions,
 ): string {
   const lines = [
-    `saga      ${oneLine(saga.id)}`,
-    `name      ${oneLine(saga.name)}@${saga.version}`,
+    `saga      ${printable(saga.id)}`,
+    `name      ${printable(saga.name)}@${saga.version}`,
     `status    ${saga.status}${saga.cancelRequested && saga.status !== 'cancelled' ? ' (cancel requested)' : ''}`,
   ]
   if (saga.definitionProblem !== undefined)
     lines.push(
-      `definition ${saga.definition === undefined ? '(not text)' : oneLine(saga.definition)} (${saga.definitionProblem}: ${definitionNote(saga, definitions)})`,
+      `definition ${saga.definition === undefined ? '(not text)' : printable(saga.definition)} (${saga.definitionProblem}: ${definitionNote(saga, definitions)})`,
     )
-  if (saga.reason !== undefined) lines.push(`reason    ${oneLine(saga.reason)}`)
+  if (saga.reason !== undefined) lines.push(`reason    ${printable(saga.reason)}`)
   lines.push(
     `created   ${time(saga.createdAt)}`,
     `updated   ${time(saga.updatedAt)}`,
@@ -465,20 +459,20 @@ function formatShow(
     lines.push(
       saga.leaseOwner === undefined
         ? `next run  ${time(saga.nextRunAt)}`
-        : `lease     ${oneLine(saga.leaseOwner)} until ${time(saga.leaseExpiresAt)} (token ${saga.leaseToken})`,
+        : `lease     ${printable(saga.leaseOwner)} until ${time(saga.leaseExpiresAt)} (token ${saga.leaseToken})`,
     )
   }
   // JSON escapes line breaks but leaves U+2028, U+2029 and C1 controls (U+009B, a CSI) as they are.
   lines.push(
-    `input     ${oneLine(JSON.stringify(saga.input))}`,
-    `context   ${oneLine(JSON.stringify(saga.context))}`,
+    `input     ${printable(JSON.stringify(saga.input))}`,
+    `context   ${printable(JSON.stringify(saga.context))}`,
   )
   lines.push('', 'steps')
   const stepRows = [
     ['#', 'STEP', 'STATUS', 'ATTEMPTS', 'COMPENSATION', 'LAST ERROR'],
     ...saga.steps.map((s, i) => [
       String(i + 1),
-      oneLine(s.name),
+      printable(s.name),
       s.status,
       String(s.attempts),
       s.compensationAttempts === undefined
@@ -554,5 +548,5 @@ function formatEntry(entry: SagaTimelineEntry): string {
     parts.push(
       `event ${entry.seq} cannot be read (changed outside breakwater): ${entry.unreadable.map((u) => `${u.column} ${u.problem}`).join('; ')}`,
     )
-  return oneLine(parts.join('  '))
+  return printable(parts.join('  '))
 }
