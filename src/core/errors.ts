@@ -79,6 +79,20 @@ export class AbortedError extends BreakwaterError {
 }
 
 /**
+ * `error` with `cause` set as Error's own is (not enumerable, so a log of the error does not
+ * repeat it), for an error whose constructor takes no cause, such as {@link InvalidOptionError}.
+ */
+export function withCause<E extends Error>(error: E, cause: unknown): E {
+  Object.defineProperty(error, 'cause', {
+    value: cause,
+    writable: true,
+    configurable: true,
+    enumerable: false,
+  })
+  return error
+}
+
+/**
  * Renders a rejected value for an error message without dumping large objects. A built-in whose
  * data is not in its properties is named by its kind (`a Map`, `a Headers`, `a Uint8Array` for a
  * Buffer; the test isObjectRecord refuses them by), an instance of a class by its class (`an

@@ -1,4 +1,4 @@
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError, withCause } from './errors.js'
 
 // Checks on text that is about to be stored, run per operation (unlike the option validators
 // in validate.ts), shared by the capabilities that write it.
@@ -180,16 +180,7 @@ function jsonRefusal(
         : `${found.what} at ${path} threw: ${String(cause.error)}`
   }
   const error = new InvalidOptionError(option, `${expected} (${reason})`, value)
-  if (cause !== undefined) {
-    // As Error's own cause: not enumerable, so a log of the error does not repeat it.
-    Object.defineProperty(error, 'cause', {
-      value: cause.error,
-      writable: true,
-      configurable: true,
-      enumerable: false,
-    })
-  }
-  return error
+  return cause === undefined ? error : withCause(error, cause.error)
 }
 
 /**

@@ -7,7 +7,7 @@ import {
   portableHeaderProblem,
 } from '../brokers/common.js'
 import type { Clock } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { InvalidOptionError, withCause } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, hasLoneSurrogate, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
@@ -495,14 +495,14 @@ function readHeader(option: string, headers: Readonly<Record<string, string>>, n
   try {
     return headers[name]
   } catch (thrown) {
-    const error = new InvalidOptionError(
-      option,
-      `a header value that can be read (its getter threw: ${String(thrown)})`,
-      undefined,
+    throw withCause(
+      new InvalidOptionError(
+        option,
+        `a header value that can be read (its getter threw: ${String(thrown)})`,
+        undefined,
+      ),
+      thrown,
     )
-    // Not enumerable, as Error's own cause: a log of the error does not repeat it.
-    Object.defineProperty(error, 'cause', { value: thrown, writable: true, configurable: true })
-    throw error
   }
 }
 
