@@ -49,6 +49,14 @@ function noSql(): TypeError {
 const id = (scope: string, key: string): string => `${scope}\u0000${key}`
 
 /**
+ * A record as a caller may keep it: a SQL store hands out rows it decoded, so changing one (or
+ * the body or phases that were passed in) never changes what is replayed later; this store
+ * copies on the way in and out to behave the same. Records hold only plain data, so a
+ * structured clone copies them whole.
+ */
+const copied = <T>(value: T): T => structuredClone(value)
+
+/**
  * An idempotency store in process memory, for unit tests and single-process prototypes. It
  * keeps the same semantics as the SQL store (atomic claims, fenced writes, staged commits) but
  * nothing survives a restart and `ctx.tx` cannot run statements.
@@ -103,13 +111,14 @@ export function createMemoryIdempotencyStore(): IdempotencyStore & {
 
     async claim(input: ClaimInput): Promise<ClaimOutcome> {
       const existing = records.get(id(input.scope, input.key))
-      if (existing !== undefined) return { claimed: false, existing }
+      if (existing !== undefined) return { claimed: false, existing: copied(existing) }
       records.set(id(input.scope, input.key), fresh(input, 1))
       return { claimed: true }
     },
 
     async get(scope: string, key: string) {
-      return records.get(id(scope, key))
+      const record = records.get(id(scope, key))
+      return record === undefined ? undefined : copied(record)
     },
 
     async takeOver(input: TakeoverInput): Promise<boolean> {
@@ -177,13 +186,14 @@ export function createMemoryIdempotencyStore(): IdempotencyStore & {
     ): Promise<boolean> {
       const memoryTx = asMemoryTx(tx)
       if (holds(lease) === undefined) return false
+      const recorded = copied({ status: result.status, headers: result.headers, body: result.body })
       memoryTx.staged.push({
         lease,
         apply: (record) => ({
           ...record,
           state: 'completed',
           leaseExpiresAtMs: undefined,
-          result: { status: result.status, headers: { ...result.headers }, body: result.body },
+          result: recorded,
           updatedAtMs: nowMs,
           expiresAtMs,
         }),
@@ -201,12 +211,13 @@ export function createMemoryIdempotencyStore(): IdempotencyStore & {
     ): Promise<boolean> {
       const memoryTx = asMemoryTx(tx)
       if (holds(lease) === undefined) return false
+      const saved = copied(phases)
       memoryTx.staged.push({
         lease,
         apply: (record) => ({
           ...record,
           recoveryPoint: point,
-          phases: { ...phases },
+          phases: saved,
           leaseExpiresAtMs,
           updatedAtMs: nowMs,
           expiresAtMs: Math.max(record.expiresAtMs, leaseExpiresAtMs),

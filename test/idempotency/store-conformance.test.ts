@@ -212,6 +212,29 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(await store.release(lease)).toBe(false)
   })
 
+  it('keeps its own copy of what it records: changing the input or a read does not change it', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    const phases = { charged: { id: 'ch_1', lines: [1, 2] } }
+    await store.transaction((tx) => store.savePhase(tx, lease, 'charged', phases, 2_000, 61_000))
+    phases.charged.lines.push(3)
+    const body = Uint8Array.from([1, 2, 3])
+    const links = ['<a>']
+    await store.transaction((tx) =>
+      store.complete(tx, lease, { status: 200, headers: { link: links }, body }, 2_000, 9_000),
+    )
+    body[0] = 9
+    links.push('<b>')
+    const first = await store.get('tenant:a', key)
+    ;(first!.result!.body as Uint8Array)[1] = 9
+    ;(first!.phases.charged as { lines: number[] }).lines.push(4)
+    const again = await store.get('tenant:a', key)
+    expect([...again!.result!.body]).toEqual([1, 2, 3])
+    expect(again!.result!.headers).toEqual({ link: ['<a>'] })
+    expect(again!.phases).toEqual({ charged: { id: 'ch_1', lines: [1, 2] } })
+  })
+
   it('stores a result without status (idempotent()) and an empty body', async () => {
     const key = nextKey()
     await store.claim(claimInput(key))
