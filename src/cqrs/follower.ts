@@ -1,4 +1,5 @@
 import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError } from '../core/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
 import { eventsChannel, postgresFollowChannel, postgresFollowStart, postgresNotify } from './sql.js'
@@ -120,6 +121,15 @@ export function safeListener(onError: (error: unknown) => void): (error: unknown
       // The listener's own failure has nowhere better to go; the loop keeps retrying.
     }
   }
+}
+
+/**
+ * Whether `error` is a closed driver's refusal (`STORE_CLOSED`). A closed driver stays closed
+ * (none reopens), so a follower's retry cannot succeed: it reports the error once and ends
+ * instead of reporting it at every backoff until stopped.
+ */
+export function isStoreClosed(error: unknown): boolean {
+  return BreakwaterError.is(error) && error.code === 'STORE_CLOSED'
 }
 
 /** Exponential delay for failure number `failures` (1-based), with equal jitter. */

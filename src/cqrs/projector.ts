@@ -23,7 +23,7 @@ import {
 } from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
-import { failureDelayMs, LogWaker, safeListener } from './follower.js'
+import { failureDelayMs, isStoreClosed, LogWaker, safeListener } from './follower.js'
 import {
   createTables,
   ensureProjections,
@@ -67,7 +67,9 @@ export interface ProjectorOptions {
   readonly retryMaxDelayMs?: number | undefined
   /**
    * Called with every failed batch: a failing `apply` as a `ProjectionFailedError` naming the
-   * event, with the application's error as `cause`.
+   * event, with the application's error as `cause`. The loop retries every failure but its
+   * driver's `STORE_CLOSED` (the driver was closed under it): reported once, the loop then
+   * ends, as if stopped.
    * @default ignores failures
    */
   readonly onError?: ((error: unknown) => void) | undefined
@@ -401,6 +403,9 @@ class SqlProjector implements Projector {
         failures++
         publish('projection-error', { projection: this.name, error })
         this.#onError(error)
+        // The driver was closed under the projector: no retry can succeed, so it ends here,
+        // reported once (the batch rolled back; the checkpoint holds what was applied).
+        if (isStoreClosed(error)) break
         await sleep(
           this.#clock,
           failureDelayMs(failures, this.#retryBaseMs, this.#retryMaxMs),

@@ -12,7 +12,7 @@ import { yieldToEventLoop } from '../stores/batches.js'
 import { checkOptionKeys } from './checks.js'
 import { SubscriptionHandlerError } from './errors.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
-import { failureDelayMs, LogWaker, safeListener } from './follower.js'
+import { failureDelayMs, isStoreClosed, LogWaker, safeListener } from './follower.js'
 import { storedPosition } from './stored-position.js'
 import type { RecordedEvent } from './types.js'
 
@@ -55,7 +55,9 @@ export interface SubscriptionOptions {
   readonly retryMaxDelayMs?: number | undefined
   /**
    * Called with every failure (the subscription keeps retrying): a handler's error comes as a
-   * `SubscriptionHandlerError` naming the event, with the handler's error as `cause`.
+   * `SubscriptionHandlerError` naming the event, with the handler's error as `cause`. The one
+   * failure it does not retry is its driver's `STORE_CLOSED` (the driver was closed under it):
+   * reported once, the subscription then ends, without storing its checkpoint.
    * @default ignores failures
    */
   readonly onError?: ((error: unknown) => void) | undefined
@@ -208,6 +210,13 @@ class StoreSubscription implements Subscription {
         }
       } catch (error) {
         if (signal.aborted) break
+        if (isStoreClosed(error)) {
+          // The driver was closed under the subscription: reported once, it ends. Its last
+          // checkpoint save would only fail (and be reported) the same way.
+          this.#onError(error)
+          await this.#waker.close()
+          return
+        }
         failures++
         this.#onError(error)
         await sleep(
