@@ -83,7 +83,8 @@ export interface RetryOptions {
   readonly jitter?: Jitter | undefined
   /**
    * The random source for jitter, returning numbers in `[0, 1)`; `seededRandom(seed)` makes
-   * delays reproducible.
+   * delays reproducible. If it throws, the call rejects with that error (reported as a
+   * `notRetryable` give-up, as a throwing `shouldRetry` is).
    * @default Math.random
    */
   readonly random?: RandomSource | undefined
@@ -110,7 +111,9 @@ export interface RetryOptions {
    * A retry budget shared with other callers of the same downstream; when it is spent the
    * call fails with `RetryBudgetExhaustedError` instead of retrying. A token is taken before
    * the backoff sleep, so a spent budget fails the call at once; when the sleep is aborted (no
-   * retry was made) it is given back through the budget's `refund()`.
+   * retry was made) it is given back through the budget's `refund()`. If `tryWithdraw` throws,
+   * the call rejects with that error (reported as a `budget` give-up); if `refund` throws, with
+   * that error (reported with the give-up the abort would have had).
    * @default undefined (no budget)
    */
   readonly budget?: RetryBudget | undefined
@@ -138,7 +141,10 @@ export const retryOptions = optionKeys<RetryOptions>({
 
 /** Why a retry policy stopped retrying. */
 export type GiveUpReason =
-  /** `shouldRetry` said no (for example a 4xx or an open circuit). */
+  /**
+   * `shouldRetry` said no (for example a 4xx or an open circuit), or it or the `random` source
+   * threw (the call then rejects with what they threw).
+   */
   | 'notRetryable'
   /** `maxAttempts` attempts failed. */
   | 'maxAttempts'
@@ -148,7 +154,7 @@ export type GiveUpReason =
    * aborted with `DeadlineExceededError`).
    */
   | 'deadline'
-  /** The retry budget had no token left. */
+  /** The retry budget had no token left, or its `tryWithdraw` threw. */
   | 'budget'
   /** The caller aborted. */
   | 'aborted'
@@ -521,7 +527,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         const reason = parent?.reason
         this.#callerEnded(attempt, error, reason, new AbortedError(reason))
       }
-      const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
+      const backoffMs = this.#backoffMs(attempt, previousDelayMs, error)
       // Decorrelated jitter grows from its own previous draw, not from a longer Retry-After
       // wait (see maxRetryAfterMs): the hint raises one wait, not every later one.
       previousDelayMs = backoffMs
@@ -545,7 +551,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         this.#giveUp(attempt, 'timeout', error)
         throw error
       }
-      if (this.#budget !== undefined && !this.#budget.tryWithdraw()) {
+      if (this.#budget !== undefined && !this.#withdraw(this.#budget, attempt, error)) {
         this.#giveUp(attempt, 'budget', error)
         throw new RetryBudgetExhaustedError(error)
       }
@@ -558,10 +564,21 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       try {
         await backoffSleep(clock, delayMs, parent, deadline)
       } catch (abort) {
-        // The retry this token paid for never ran: nothing reached the downstream.
-        this.#budget?.refund?.()
-        if (parent?.aborted === true) this.#callerEnded(attempt, error, parent.reason, abort)
-        this.#deadlineCutOff(attempt, error, undefined)
+        // The retry this token paid for never ran: nothing reached the downstream. A refund
+        // that throws is a bug to surface like any other hook's (the call rejects with its
+        // error), but the abort still ended the call: its give-up is reported as without it.
+        let refundFailure: { error: unknown } | undefined
+        try {
+          this.#budget?.refund?.()
+        } catch (failure) {
+          refundFailure = { error: failure }
+        }
+        try {
+          if (parent?.aborted === true) this.#callerEnded(attempt, error, parent.reason, abort)
+          this.#deadlineCutOff(attempt, error, undefined)
+        } catch (ended) {
+          throw refundFailure === undefined ? ended : refundFailure.error
+        }
       }
       attempt++
       retryCounters().attempts.add(1)
@@ -610,6 +627,28 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       return this.#shouldRetry(error, attempt)
     } catch (failure) {
       this.#giveUp(attempt, 'notRetryable', error)
+      throw failure
+    }
+  }
+
+  // The hooks below are user code too (a random source, a budget of the caller's own): one
+  // that throws ends the call with its own error, like a throwing shouldRetry, and the call
+  // has given up all the same, so the event and the metric say so. The event's `error` stays
+  // the last attempt's failure, as for every other give-up.
+  #backoffMs(attempt: number, previousDelayMs: number | undefined, error: unknown): number {
+    try {
+      return this.#backoff.delayMs(attempt - 1, previousDelayMs)
+    } catch (failure) {
+      this.#giveUp(attempt, 'notRetryable', error)
+      throw failure
+    }
+  }
+
+  #withdraw(budget: RetryBudget, attempt: number, error: unknown): boolean {
+    try {
+      return budget.tryWithdraw()
+    } catch (failure) {
+      this.#giveUp(attempt, 'budget', error)
       throw failure
     }
   }

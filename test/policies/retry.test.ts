@@ -514,22 +514,56 @@ describe('retry', () => {
     expect(events).toMatchObject([{ type: 'giveUp', reason: 'notRetryable', attempt: 1 }])
   })
 
-  it('a shouldRetry that throws rejects with its error and still reports the give-up', async () => {
-    const bug = new Error('shouldRetry bug')
+  const bug = new Error('hook bug')
+  const throwBug = (): never => {
+    throw bug
+  }
+  it.each([
+    ['shouldRetry', { shouldRetry: throwBug }, 'notRetryable'],
+    ['random', { random: throwBug }, 'notRetryable'],
+    [
+      'budget.tryWithdraw',
+      { budget: { recordRequest() {}, available: () => 1, tryWithdraw: throwBug } },
+      'budget',
+    ],
+  ] as const)(
+    'a %s that throws rejects with its error and still reports the give-up',
+    async (_, options, reason) => {
+      const policy = retry(options)
+      const events: RetryEvent[] = []
+      policy.events.on((event) => events.push(event))
+      const failure = httpError(503)
+      await expect(
+        policy.execute(() => {
+          throw failure
+        }),
+      ).rejects.toBe(bug)
+      expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason, error: failure }])
+    },
+  )
+
+  it('a budget whose refund throws after an aborted sleep still reports the give-up', async () => {
+    const clock = new ManualClock()
     const policy = retry({
-      shouldRetry: () => {
-        throw bug
-      },
+      clock,
+      jitter: 'none',
+      budget: { recordRequest() {}, available: () => 1, tryWithdraw: () => true, refund: throwBug },
     })
     const events: RetryEvent[] = []
     policy.events.on((event) => events.push(event))
+    const controller = new AbortController()
     const failure = httpError(503)
-    await expect(
+    const call = track(
+      clock,
       policy.execute(() => {
         throw failure
-      }),
-    ).rejects.toBe(bug)
-    expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason: 'notRetryable', error: failure }])
+      }, controller.signal),
+    )
+    await clock.advance(0)
+    controller.abort()
+    await clock.advance(0)
+    expect(call).toMatchObject({ settled: true, error: bug })
+    expect(events.at(-1)).toEqual({ type: 'giveUp', attempt: 1, reason: 'aborted', error: failure })
   })
 
   it.each([
