@@ -118,6 +118,9 @@ options:
   --topic-prefix <text>      prepended to every event's topic
   --ordering <mode>          confirmed (default) or batch
   --max-attempts <n>         failed attempts before an event is dead-lettered (default 10)
+  --max-payload-bytes <n>    largest payload published, in bytes of JSON; a larger one is
+                             dead-lettered unpublished (default 1048576: 1 MiB, as the
+                             outbox's maxPayloadBytes; keep the two equal)
   --max-backoff-ms <n>       longest wait between failed rounds (default 30000)
   --breaker-cooldown-ms <n>  how long the broker's circuit stays open (default 5000)
   --lease-ms <n>             partition lease length (default 10000)
@@ -159,6 +162,7 @@ interface RelayArgs {
   readonly topicPrefix: string | undefined
   readonly ordering: 'confirmed' | 'batch' | undefined
   readonly maxAttempts: number | undefined
+  readonly maxPayloadBytes: number | undefined
   readonly maxBackoffMs: number | undefined
   readonly breakerCooldownMs: number | undefined
   readonly leaseMs: number | undefined
@@ -188,6 +192,7 @@ const valueFlags = new Set([
   '--topic-prefix',
   '--ordering',
   '--max-attempts',
+  '--max-payload-bytes',
   '--max-backoff-ms',
   '--breaker-cooldown-ms',
   '--lease-ms',
@@ -316,6 +321,12 @@ function parse(
     topicPrefix,
     ordering: ordering as RelayArgs['ordering'],
     maxAttempts: integerFlag('--max-attempts', values.get('--max-attempts'), 1, 1_000_000),
+    maxPayloadBytes: integerFlag(
+      '--max-payload-bytes',
+      values.get('--max-payload-bytes'),
+      1,
+      Number.MAX_SAFE_INTEGER,
+    ),
     maxBackoffMs: integerFlag(
       '--max-backoff-ms',
       values.get('--max-backoff-ms'),
@@ -778,6 +789,9 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         ...(parsed.batchSize === undefined ? {} : { batchSize: parsed.batchSize }),
         ...(parsed.ordering === undefined ? {} : { ordering: parsed.ordering }),
         ...(parsed.maxAttempts === undefined ? {} : { maxAttempts: parsed.maxAttempts }),
+        ...(parsed.maxPayloadBytes === undefined
+          ? {}
+          : { maxPayloadBytes: parsed.maxPayloadBytes }),
         ...(parsed.maxBackoffMs === undefined
           ? {}
           : {

@@ -58,6 +58,8 @@ export const errorCodes = {
     'An outbox relay was started (or renewed its heartbeat) with a relayId that another live relay instance holds; it publishes nothing. A crashed relay restarted with its id comes up once the old heartbeat expires (within leaseMs).',
   RELAY_STOPPED:
     'start() was called on an outbox relay after stop() (or after it crashed); a relay runs once, create a new one.',
+  PAYLOAD_TOO_LARGE:
+    "An outbox event's payload (its JSON text, in UTF-8 bytes) is larger than maxPayloadBytes (1 MiB by default): refused by enqueue before writing, or, for a row already stored, dead-lettered by the relay without publishing it.",
   POISON_MESSAGE:
     'The inbox refused a consumed message for good: its id is empty or holds a NUL or a lone surrogate, so it cannot be recorded and deduplicated; acknowledged without running the handler, not redelivered.',
   SAGA_LEASE_LOST:

@@ -53,3 +53,65 @@ export function unstorableIdReason(messageId: string): string | undefined {
     return `longer than ${maxStoredIdBytes} UTF-8 bytes (more than the database can index)`
   return undefined
 }
+
+/**
+ * The default of the outbox's and the relay's `maxPayloadBytes`: 1 MiB, the default
+ * `max_payload` of a NATS server, and far below RabbitMQ's and Redis's limits. A message that
+ * large already costs a broker and its consumers dearly; data larger than that belongs in a
+ * blob store, with a reference in the event.
+ */
+export const defaultMaxPayloadBytes = 1024 * 1024
+
+/**
+ * An event's payload is larger than `maxPayloadBytes` (code `PAYLOAD_TOO_LARGE`, not
+ * retryable): its JSON text counted in UTF-8 bytes, as brokers count it. `enqueue` throws it
+ * before writing anything (`createOutbox({ maxPayloadBytes })`); the relay dead-letters a row
+ * stored above its own `maxPayloadBytes` (an outbox with a higher limit wrote it, or it
+ * predates the limit) with it as the reason, without handing it to the broker: a message of
+ * a hundred megabytes took the RabbitMQ client seconds to write, starving its heartbeats, and
+ * was refused at every attempt all the same.
+ *
+ * @example
+ * ```ts
+ * import { createOutbox } from 'breakwater/outbox'
+ * const outbox = createOutbox({ maxPayloadBytes: 4 * 1024 * 1024 })
+ * try { await outbox.enqueue(tx, event) }
+ * catch (error) { if (error.code === 'PAYLOAD_TOO_LARGE') console.warn(error.bytes, error.limit) }
+ * ```
+ */
+export class PayloadTooLargeError extends BreakwaterError {
+  /** The payload's size: UTF-8 bytes of its JSON text. */
+  readonly bytes: number
+  /** The `maxPayloadBytes` it exceeds. */
+  readonly limit: number
+
+  /**
+   * @param subject what is refused, as the message starts: the field (`events[1].payload`) at
+   * enqueue, the event (`event "e1" (row 7)`) at the relay.
+   * @param owner whose limit it is: `outbox` or `relay`, named in the message with the option.
+   */
+  constructor(subject: string, bytes: number, limit: number, owner: 'outbox' | 'relay') {
+    super(
+      'PAYLOAD_TOO_LARGE',
+      `${subject}: the payload is ${bytes} bytes of JSON, more than the ${owner}'s maxPayloadBytes of ${limit} (${sizeText(limit)}); put large data elsewhere and send a reference, or raise maxPayloadBytes (on the outbox and the relay) within what the broker takes`,
+    )
+    this.bytes = bytes
+    this.limit = limit
+  }
+}
+
+/** `1 MiB`, `512 KiB` or `100 bytes`: a limit as a person reads it. */
+function sizeText(bytes: number): string {
+  if (bytes >= 1024 * 1024 && bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`
+  if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes / 1024} KiB`
+  return `${bytes} bytes`
+}
+
+/**
+ * @internal The UTF-8 size of `json` when it is over `limit`, else undefined (short text is not
+ * counted: a UTF-16 unit is at most 3 bytes).
+ */
+export function oversizeBytes(json: string, limit: number): number | undefined {
+  if (!exceedsBytes(json, limit)) return undefined
+  return Buffer.byteLength(json, 'utf8')
+}

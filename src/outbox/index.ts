@@ -22,7 +22,7 @@ export type {
   OutboxStatsOptions,
 } from './dead-letters.js'
 export { listDead, outboxStats, redrive } from './dead-letters.js'
-export { PoisonMessageError } from './errors.js'
+export { PayloadTooLargeError, PoisonMessageError } from './errors.js'
 export type { RelayFaultPoint, RelayFaults } from './faults.js'
 export { crashAtFromEnv, relayFaultPoints } from './faults.js'
 export type { Inbox, InboxOptions, InboxResult } from './inbox.js'

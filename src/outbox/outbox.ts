@@ -11,12 +11,14 @@ import { InvalidOptionError, withCause } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, hasLoneSurrogate, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
+  checkInteger,
   checkKnownOptions,
   checkObject,
   checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { defaultMaxPayloadBytes, oversizeBytes, PayloadTooLargeError } from './errors.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
@@ -95,6 +97,17 @@ export interface OutboxOptions {
    */
   readonly notify?: boolean | undefined
   /**
+   * The largest payload `enqueue` takes: the UTF-8 bytes of its JSON text. A larger one is
+   * refused with `PayloadTooLargeError` (`PAYLOAD_TOO_LARGE`) naming its size and this limit,
+   * before anything is written. Brokers refuse large messages only at publish, after the
+   * commit (a NATS server above its `max_payload`, 1 MiB by default), and a very large one
+   * stalls the relay while it is written out (RabbitMQ's heartbeats starve). Raising it, raise
+   * the relay's `maxPayloadBytes` to match, within what the broker takes: the relay
+   * dead-letters a row above its own limit.
+   * @default 1048576 (1 MiB, NATS's default max_payload)
+   */
+  readonly maxPayloadBytes?: number | undefined
+  /**
    * Source of `created_at`.
    * @default systemClock
    */
@@ -159,6 +172,7 @@ export const outboxOptions = optionKeys<OutboxOptions>({
   topic: true,
   propagateTraceContext: true,
   notify: true,
+  maxPayloadBytes: true,
   clock: true,
 })
 
@@ -242,6 +256,7 @@ class SqlOutbox implements Outbox {
   readonly #topic: string | ((event: OutboxEvent) => string) | undefined
   readonly #trace: boolean
   readonly #notify: boolean
+  readonly #maxPayloadBytes: number
   readonly #clock: Clock
   // Transactions run by transaction(): their enqueues notify after commit, not inside.
   readonly #deferred = new WeakMap<SqlExecutor, { enqueued: boolean }>()
@@ -262,6 +277,11 @@ class SqlOutbox implements Outbox {
     this.#topic = topic
     this.#trace = checkBoolean('outbox.propagateTraceContext', options.propagateTraceContext, true)
     this.#notify = checkBoolean('outbox.notify', options.notify, true)
+    this.#maxPayloadBytes = checkInteger(
+      'outbox.maxPayloadBytes',
+      options.maxPayloadBytes ?? defaultMaxPayloadBytes,
+      1,
+    )
     const clock = wholeMsClock(checkClock('outbox.clock', options.clock))
     this.#clock = clock
   }
@@ -418,6 +438,9 @@ class SqlOutbox implements Outbox {
           event.aggregateType)
     checkText(`${at}.topic`, topic)
     const payload = jsonTextOf(`${at}.payload`, event.payload)
+    const bytes = oversizeBytes(payload, this.#maxPayloadBytes)
+    if (bytes !== undefined)
+      throw new PayloadTooLargeError(`${at}.payload`, bytes, this.#maxPayloadBytes, 'outbox')
     // No prototype: no header name reaches an Object.prototype member (__proto__ is refused below).
     const headers: Record<string, string> = Object.create(null)
     if (this.#trace) propagation.inject(context.active(), headers, traceSetter)

@@ -80,6 +80,7 @@ import {
   type StoredPlace,
 } from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
+import { defaultMaxPayloadBytes, oversizeBytes, PayloadTooLargeError } from './errors.js'
 import type { RelayFaultPoint, RelayFaults } from './faults.js'
 import { type LeaseChange, PartitionLeases, RelayIdInUseError } from './leases.js'
 import { AGGREGATE_TYPE_HEADER, EVENT_TYPE_HEADER } from './outbox.js'
@@ -197,6 +198,17 @@ export interface RelayOptions {
    * @default 10
    */
   readonly maxAttempts?: number | undefined
+  /**
+   * The largest payload the relay hands to the broker: the UTF-8 bytes of its JSON text, as
+   * the outbox's `maxPayloadBytes` counts them. A row above it (written by an outbox with a
+   * higher limit, or before the outbox had one) is dead-lettered at its first read, with
+   * `PayloadTooLargeError` (`PAYLOAD_TOO_LARGE`) naming its size and this limit as its last
+   * error, and no attempt charged: the broker would refuse it at every attempt (or, far above
+   * its limit, stall the relay while it is written out). Keep it equal to the outbox's; once
+   * raised, `redrive` such an event to publish it.
+   * @default 1048576 (1 MiB, as the outbox's)
+   */
+  readonly maxPayloadBytes?: number | undefined
   /**
    * Delays between failed rounds (broker down) and before an event's next attempt. A failed
    * round whose error carries `retryAfterMs` (a webhook's 429 or 503 with `Retry-After`) waits
@@ -439,6 +451,7 @@ export const relayOptions = optionKeys<RelayOptions>({
   listen: true,
   keepAlive: true,
   maxAttempts: true,
+  maxPayloadBytes: true,
   retryBackoff: true,
   circuitBreaker: true,
   retention: true,
@@ -467,7 +480,12 @@ export const retentionOptions = optionKeys<RelayRetentionOptions>({
  */
 function isMessageFault(error: unknown): boolean {
   if (BreakwaterError.is(error)) {
-    if (error.code === 'BROKER_REJECTED' || error.code === 'STORED_DATA_INVALID') return true
+    if (
+      error.code === 'BROKER_REJECTED' ||
+      error.code === 'STORED_DATA_INVALID' ||
+      error.code === 'PAYLOAD_TOO_LARGE'
+    )
+      return true
     if (error.code === 'ABORTED' || error.code === 'BROKER_MISCONFIGURED') return false
   }
   return classifyFailure(error) === 'permanent'
@@ -488,6 +506,10 @@ function isMessageFault(error: unknown): boolean {
  */
 function isUnroutable(error: unknown): boolean {
   return BreakwaterError.is(error) && error.code === 'BROKER_UNROUTABLE'
+}
+
+function isPayloadTooLarge(error: unknown): boolean {
+  return BreakwaterError.is(error) && error.code === 'PAYLOAD_TOO_LARGE'
 }
 
 function isCircuitRejection(error: unknown): boolean {
@@ -568,6 +590,7 @@ class OutboxRelay implements Relay {
   readonly #maxPollMs: number
   readonly #listen: boolean
   readonly #maxAttempts: number
+  readonly #maxPayloadBytes: number
   readonly #backoff: Backoff
   /** The longest wait a broker's `retryAfterMs` gets: retryBackoff.maxDelayMs. */
   readonly #maxRetryAfterMs: number
@@ -672,6 +695,11 @@ class OutboxRelay implements Relay {
       maxTimerDelayMs,
     )
     this.#maxAttempts = checkInteger('relay.maxAttempts', options.maxAttempts ?? 10, 1)
+    this.#maxPayloadBytes = checkInteger(
+      'relay.maxPayloadBytes',
+      options.maxPayloadBytes ?? defaultMaxPayloadBytes,
+      1,
+    )
     const backoff = checkObject('relay.retryBackoff', options.retryBackoff ?? {})
     // resolveBackoff does not look at unknown keys (retry() hands it all of its options).
     checkOptionKeys('relay.retryBackoff', backoff, backoffOptions)
@@ -1516,7 +1544,7 @@ class OutboxRelay implements Relay {
   }
 
   #send(rows: readonly OutboxRow[]): Promise<void> {
-    const messages = rows.map(toMessage)
+    const messages = rows.map((row) => toMessage(row, this.#maxPayloadBytes))
     return this.breaker.execute(({ signal }) => this.#publishWithTimeout(messages, signal))
   }
 
@@ -1596,7 +1624,8 @@ class OutboxRelay implements Relay {
     // A count changed outside breakwater: text made the backoff throw, so the event was never
     // charged and was published again at every round; a negative one retried it for as many
     // rounds. With no count to go by, the event is dead-lettered now, naming the column;
-    // attempts is left as it is (redrive sets it to 0).
+    // attempts is left as it is (redrive sets it to 0). So is a payload above maxPayloadBytes:
+    // no attempt can succeed, and each would only wait out the backoff to fail again.
     const error =
       charged === undefined
         ? new StoredDataError(
@@ -1617,7 +1646,7 @@ class OutboxRelay implements Relay {
         now,
         this.id,
         this.#leases.tokens(),
-        charged === undefined ? 1 : 0,
+        charged === undefined || isPayloadTooLarge(failure) ? 1 : 0,
       ])
     } catch (cause) {
       throw new PhaseError('charge', cause)
@@ -1686,7 +1715,21 @@ function oldest(rows: readonly OutboxRow[]): number | undefined {
   return min
 }
 
-function toMessage(row: OutboxRow): OutgoingMessage {
+/**
+ * The message the relay publishes for `row`. A payload above `maxPayloadBytes` throws
+ * {@link PayloadTooLargeError} before anything is sent: a message fault, dead-lettered at once
+ * (see #charge), rather than a write of many megabytes the broker refuses at every attempt.
+ */
+function toMessage(row: OutboxRow, maxPayloadBytes: number): OutgoingMessage {
+  const bytes =
+    typeof row.payload === 'string' ? oversizeBytes(row.payload, maxPayloadBytes) : undefined
+  if (bytes !== undefined)
+    throw new PayloadTooLargeError(
+      `event ${JSON.stringify(row.event_id)} (row ${Number(row.id)})`,
+      bytes,
+      maxPayloadBytes,
+      'relay',
+    )
   const headers = storedHeaders(row)
   headers[EVENT_TYPE_HEADER] = row.event_type
   headers[AGGREGATE_TYPE_HEADER] = row.aggregate_type

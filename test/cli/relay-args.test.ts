@@ -23,6 +23,8 @@ describe('breakwater relay: argument errors', () => {
     [['--log-level', 'loud'], {}, '--log-level must be one of debug, info, warn, error, silent'],
     [['--topic-prefix', 'a b'], {}, '--topic-prefix must be visible ASCII characters'],
     [['--lease-ms', '10'], {}, '--lease-ms must be an integer from 30'],
+    [['--max-payload-bytes', '0'], {}, '--max-payload-bytes must be an integer from 1'],
+    [['--max-payload-bytes', '1MiB'], {}, '--max-payload-bytes must be an integer from 1'],
     [['--broker', 'kafka://k:9092'], {}, '--broker: unsupported broker "kafka://k:9092"'],
     // A database URL as the broker is told what is wrong with it, as --db is.
     [
