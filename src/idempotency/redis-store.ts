@@ -137,13 +137,26 @@ fresh(KEYS[1], 2)
 return 1
 `
 
-// ARGV: token.
+// KEYS: the record, its release mark. ARGV: token, how long the mark lives (ms).
+// The mark (the releasing token) lets a second run of this script, sent again by ioredis after
+// a connection lost before the reply, report the release the first run made instead of "not
+// held"; otherwise the 'released' event went missing.
 const releaseScript = `
 local r = redis.call('HMGET', KEYS[1], 'st', 'lt')
-if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
+if r[1] == 'in_progress' and r[2] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if r[1] == false and redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0
 `
+
+/**
+ * How long a release mark lives: longer than ioredis takes to reconnect and send a command
+ * again (seconds), short enough that marks of released keys (rare: failed work) cost nothing.
+ */
+const releaseMarkMs = 600_000
 
 // One write per key, 8 arguments each: kind, token, then the kind's values. Every lease is
 // checked before anything is written, so a transaction applies all of its writes or none.
@@ -406,6 +419,9 @@ export function createRedisIdempotencyStore(
   // The scope's length first, so no (scope, key) pair can collide with another.
   const redisKey = (scope: string, key: string): string =>
     `${keyPrefix}${scope.length}:${scope}:${key}`
+  // Starts with a letter where a record's key starts with a digit: the two never collide.
+  const releaseMarkKey = (scope: string, key: string): string =>
+    `${keyPrefix}released:${scope.length}:${scope}:${key}`
 
   const run = async (script: string, keys: readonly string[], args: readonly (string | Buffer)[]) =>
     (await connect()).callBuffer('EVAL', script, keys.length, ...keys, ...args)
@@ -547,7 +563,11 @@ export function createRedisIdempotencyStore(
     },
 
     async release(lease: LeaseRef): Promise<boolean> {
-      const reply = await run(releaseScript, [redisKey(lease.scope, lease.key)], [lease.leaseToken])
+      const reply = await run(
+        releaseScript,
+        [redisKey(lease.scope, lease.key), releaseMarkKey(lease.scope, lease.key)],
+        [lease.leaseToken, String(releaseMarkMs)],
+      )
       return reply === 1
     },
 

@@ -3,6 +3,7 @@
 // each step of the protocol must come out the same when it runs twice. Real redis-server; the
 // fault is a TCP proxy that swallows one reply and cuts the connection.
 import { randomUUID } from 'node:crypto'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -160,5 +161,30 @@ describe('Redis idempotency store, a reply lost with its connection', () => {
     const value = await idempotency.run(key, (ctx) => ctx.attempt)
     expect(proxy.dropped).toBe(dropped + 1)
     expect(value).toBe(1)
+  })
+  it('reports a release as done when the release is sent twice', async () => {
+    const released: unknown[] = []
+    const onReleased = (message: unknown) => released.push(message)
+    subscribe('breakwater:idempotency:released', onReleased)
+    try {
+      const idempotency = createIdempotency({ store, clock: new ManualClock(1_000) })
+      const key = randomUUID()
+      const dropped = proxy.dropped
+      proxy.dropReplyTo("redis.call('DEL', KEYS[1])")
+      await expect(
+        idempotency.run(key, () => {
+          throw new Error('handler failed')
+        }),
+      ).rejects.toThrow('handler failed')
+      expect(proxy.dropped).toBe(dropped + 1)
+      expect(released).toEqual([{ scope: 'default', key }])
+      expect(await store.release({ scope: 'default', key, leaseToken: 'another-holder' })).toBe(
+        false,
+      )
+      // The key is free: the retry runs the work.
+      expect(await idempotency.run(key, () => 'second')).toBe('second')
+    } finally {
+      unsubscribe('breakwater:idempotency:released', onReleased)
+    }
   })
 })
