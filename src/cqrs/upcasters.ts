@@ -1,5 +1,12 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject, isDroppedPromise } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkObject,
+  isDroppedPromise,
+  optionKeys,
+} from '../core/validate.js'
+import { checkOptionKeys } from './checks.js'
 import { UpcastError } from './errors.js'
 import type { EventShape } from './types.js'
 
@@ -16,6 +23,9 @@ import type { EventShape } from './types.js'
  * stored data it reads (the default, `unknown`, leaves it to the step to check). Like the
  * store's type, neither is checked at run time, and the store does not check that a chain ends
  * in its union: which step is the last is only known from the versions, at run time.
+ *
+ * The store refuses an upcaster with any other own key (a misspelt `fromVersoin`) with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it, as `upcasters[0].fromVersoin`.
  *
  * @example
  * ```ts
@@ -47,6 +57,8 @@ export type Upcaster<E extends EventShape = EventShape, From = unknown> = E exte
     }
   : never
 
+const upcasterKeys = optionKeys<Upcaster>({ type: true, fromVersion: true, upcast: true })
+
 /** The upcasters of an event store, indexed for reads and for the current version per type. */
 export class UpcasterChain {
   readonly #steps = new Map<string, Map<number, Upcaster>>()
@@ -59,6 +71,9 @@ export class UpcasterChain {
     upcasters.forEach((upcaster: Upcaster, index) => {
       const at = `upcasters[${index}]`
       checkObject(at, upcaster)
+      // A misspelt key was dropped without a word: a stray `fromVersoin` beside the right one,
+      // or `upcaster` for `upcast` refused as a missing function, the typo left unnamed.
+      checkOptionKeys(at, upcaster, upcasterKeys)
       if (typeof upcaster.type !== 'string' || upcaster.type === '') {
         throw new InvalidOptionError(`${at}.type`, 'a non-empty string', upcaster.type)
       }

@@ -60,6 +60,20 @@ const cases: Array<[string, (o: object) => unknown, object, string, object, stri
     ['upcasters', 'inlineProjections', 'notify', 'notifyDelayMs', 'groupCommit', 'clock'],
   ],
   [
+    // A misspelt `fromVersoin` left the step without a version: refused as a non-integer, the
+    // message said nothing of the misspelling; a stray `fromVersoin` beside the right key was
+    // dropped without a word.
+    'an upcaster passed to createEventStore',
+    (o) =>
+      createEventStore(test.db, {
+        upcasters: [{ type: 'upcast-me', fromVersion: 1, upcast: (d: unknown) => d, ...o }],
+      }),
+    { fromVersoin: 2 },
+    'upcasters[0].fromVersoin',
+    { fromVersion: 1 },
+    ['type', 'fromVersion', 'upcast'],
+  ],
+  [
     'EventStore.append',
     (o) => store.append('s-2', [{ type: 'opened', data: {} }], o),
     { expectedVerison: 'noStream' },
@@ -317,6 +331,9 @@ describe('an appended event field the store does not know is refused', () => {
 // naming the option, for every key of every call above.
 // Options each call above passes itself (a spread of undefined would remove them).
 const required = new Set([
+  'type',
+  'fromVersion',
+  'upcast',
   'decider',
   'db',
   'run',
