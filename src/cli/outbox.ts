@@ -38,12 +38,14 @@ commands:
                          events waiting for a relay that is down), and the lag (age of
                          the oldest pending event)
   prune [--older-than <duration>] [--archive] [--inbox-older-than <duration>]
+        [--allow-short-inbox-window]
                          remove published events older than the duration (default 1d;
                          30d, 12h, 90m, 45s, 500ms), or move them to
                          breakwater_outbox_archive with --archive, and inbox records older
                          than --inbox-older-than (default 7d: keep it longer than any
-                         redelivery, or a redelivered message is handled again). Pending and
-                         dead-lettered events are never removed.
+                         redelivery, or a redelivered message is handled again; under 1h
+                         is refused unless --allow-short-inbox-window is given). Pending
+                         and dead-lettered events are never removed.
 
 options:
   --db <url>  ${acceptedDatabaseUrls}
@@ -67,13 +69,22 @@ interface Parsed {
   readonly archive: boolean
 }
 
+/**
+ * The shortest inbox window `prune` takes without --allow-short-inbox-window. The inbox's
+ * records are its dedupe window: a message redelivered after its record is gone is handled
+ * twice. `--inbox-older-than 0d` removed them all, so a redelivery of a moment later (a
+ * consumer's crash before its ack, a broker's ack timeout: RabbitMQ's consumer_timeout is
+ * 30 minutes by default) applied again. An hour is above those; the default is 7d.
+ */
+const minInboxWindowMs = 3_600_000
+
 const allowed: Record<Command, readonly string[]> = {
   dead: ['--db', '--json', '--limit', '--after-id'],
   redrive: ['--db', '--all', '--id'],
   stats: ['--db', '--json'],
-  prune: ['--db', '--older-than', '--archive', '--inbox-older-than'],
+  prune: ['--db', '--older-than', '--archive', '--inbox-older-than', '--allow-short-inbox-window'],
 }
-const booleanFlags = new Set(['--json', '--all', '--archive'])
+const booleanFlags = new Set(['--json', '--all', '--archive', '--allow-short-inbox-window'])
 
 function parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): Parsed {
   const [command, ...rest] = args
@@ -134,6 +145,14 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     throw new UsageError(
       `--after-id must be a row id (an integer from 0 to ${Number.MAX_SAFE_INTEGER}), got "${afterText}"`,
     )
+  const inboxWindow = values.get('--inbox-older-than')
+  const inboxOlderThanMs = parseDuration('--inbox-older-than', inboxWindow ?? '7d')
+  if (flags.has('--allow-short-inbox-window') && inboxWindow === undefined)
+    throw new UsageError('--allow-short-inbox-window applies only with --inbox-older-than')
+  if (inboxOlderThanMs < minInboxWindowMs && !flags.has('--allow-short-inbox-window'))
+    throw new UsageError(
+      `--inbox-older-than ${inboxWindow} is shorter than 1h: the inbox records are the dedupe window, and a message redelivered after its record is removed is handled twice (0d removes them all). Give a window longer than any redelivery can take (default 7d), or add --allow-short-inbox-window if removing them is meant`,
+    )
   return {
     command: cmd,
     url: databaseUrl(values, env, defaultUrl),
@@ -143,7 +162,7 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     all,
     ids: [...new Set(ids)],
     olderThanMs: parseDuration('--older-than', values.get('--older-than') ?? '1d'),
-    inboxOlderThanMs: parseDuration('--inbox-older-than', values.get('--inbox-older-than') ?? '7d'),
+    inboxOlderThanMs,
     archive: flags.has('--archive'),
   }
 }

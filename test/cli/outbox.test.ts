@@ -216,6 +216,29 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       code: 0,
       stdout: 'Removed 0 published events.\nRemoved 0 inbox records.\n',
     })
+    // The inbox is the dedupe window: a window shorter than an hour (0d emptied it) is refused,
+    // naming the flag, before anything is removed, unless the operator says that is meant.
+    for (const window of ['0d', '0ms', '59m']) {
+      const short = await run([
+        'prune',
+        '--db',
+        url,
+        '--older-than',
+        '0s',
+        '--inbox-older-than',
+        window,
+      ])
+      expect(short.code, window).toBe(2)
+      expect(short.stderr).toContain(
+        `breakwater outbox: --inbox-older-than ${window} is shorter than 1h`,
+      )
+      expect(short.stderr).toContain('handled twice')
+      expect(short.stderr).toContain('--allow-short-inbox-window')
+    }
+    expect(await count(db, inboxTable)).toBe(1)
+    expect(await count(db, outboxTable)).toBe(5)
+    expect((await run(['prune', '--db', url, '--inbox-older-than', '1h'])).code).toBe(0)
+    expect(await count(db, inboxTable)).toBe(1)
     const archived = await run([
       'prune',
       '--db',
@@ -225,6 +248,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       '--archive',
       '--inbox-older-than',
       '0ms',
+      '--allow-short-inbox-window',
     ])
     expect(archived.stdout, archived.stderr).toBe(
       'Archived 5 published events.\nRemoved 1 inbox record.\n',
@@ -236,6 +260,10 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       [['prune', '--db', url, '--older-than', '7'], '--older-than must be a whole number'],
       [['prune', '--db', url, '--inbox-older-than', 'week'], '--inbox-older-than must be'],
       [['prune', '--db', url, '--archive=yes'], '--archive takes no value'],
+      [
+        ['prune', '--db', url, '--allow-short-inbox-window'],
+        '--allow-short-inbox-window applies only with --inbox-older-than',
+      ],
       [['stats', '--db', url, '--archive'], 'unknown option "--archive" for "outbox stats"'],
     ] as Array<[string[], string]>) {
       const result = await run(args)
