@@ -1,5 +1,5 @@
 import { AbortedError } from './errors.js'
-import { signalRefusal } from './validate.js'
+import { clockRefusal, signalRefusal } from './validate.js'
 
 /** An opaque timer handle returned by {@link Clock.setTimeout}. */
 export type TimerHandle = unknown
@@ -118,7 +118,8 @@ export function keepProcessAlive(handle: TimerHandle): void {
  * Waits `delayMs` on `clock`. The wait holds the process open (see {@link keepProcessAlive}):
  * whoever awaits it expects to be resumed. Rejects with {@link AbortedError} (carrying the signal's reason)
  * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller. Rejects with
- * `InvalidOptionError` (`sleep.signal`) for a `signal` that is not an AbortSignal.
+ * `InvalidOptionError` (`sleep.clock`) for a `clock` that is not a {@link Clock} (there is no
+ * default: pass `systemClock`), and (`sleep.signal`) for a `signal` that is not an AbortSignal.
  *
  * @example
  * ```ts
@@ -127,7 +128,7 @@ export function keepProcessAlive(handle: TimerHandle): void {
  * ```
  */
 export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Promise<void> {
-  const refused = signalRefusal('sleep.signal', signal)
+  const refused = clockRefusal('sleep.clock', clock) ?? signalRefusal('sleep.signal', signal)
   if (refused !== undefined) return refused
   if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
   if (delayMs <= 0 && signal === undefined) return Promise.resolve()

@@ -180,23 +180,39 @@ export function checkOptionKeys(
   }
 }
 
+const clockExpected = 'a Clock (now, setTimeout and clearTimeout)'
+
+function isClock(value: unknown): value is Clock {
+  const clock = value as Partial<Clock> | null
+  return (
+    typeof value === 'object' &&
+    clock !== null &&
+    typeof clock.now === 'function' &&
+    typeof clock.setTimeout === 'function' &&
+    typeof clock.clearTimeout === 'function'
+  )
+}
+
 /**
  * Returns `value` if it is a {@link Clock} (`now`, `setTimeout` and `clearTimeout` functions),
  * `systemClock` when it is undefined, else throws naming `option`.
  */
 export function checkClock(option: string, value: unknown): Clock {
   if (value === undefined) return systemClock
-  const clock = value as Partial<Clock> | null
-  if (
-    typeof value !== 'object' ||
-    clock === null ||
-    typeof clock.now !== 'function' ||
-    typeof clock.setTimeout !== 'function' ||
-    typeof clock.clearTimeout !== 'function'
-  ) {
-    throw new InvalidOptionError(option, 'a Clock (now, setTimeout and clearTimeout)', value)
-  }
-  return value as Clock
+  if (!isClock(value)) throw new InvalidOptionError(option, clockExpected, value)
+  return value
+}
+
+/**
+ * The rejection of a clock argument that is required (undefined is refused too, there is no
+ * default) and not a {@link Clock}, naming `option`; undefined for a clock. For a function that
+ * answers with a promise (`sleep`): a wrong clock would otherwise fail later with a bare
+ * TypeError, or not at all when nothing had to wait.
+ */
+export function clockRefusal(option: string, value: unknown): Promise<never> | undefined {
+  return isClock(value)
+    ? undefined
+    : Promise.reject(new InvalidOptionError(option, clockExpected, value))
 }
 
 /**

@@ -268,3 +268,27 @@ describe('which system-clock timers hold the process open', () => {
     systemClock.clearTimeout(long)
   })
 })
+
+// sleep's clock is checked like every clock option: a wrong value used to fail deep inside
+// with a bare TypeError (`clock.setTimeout is not a function`), or, with delay 0 and no
+// signal, to be accepted without a look.
+describe('sleep refuses a clock that is not a Clock', () => {
+  it.each([
+    ['undefined', undefined, 10],
+    ['null', null, 10],
+    ['Date', Date, 10],
+    ['an object without clearTimeout', { now: (): number => 0, setTimeout: (): number => 0 }, 10],
+    ['a string, even for a wait of 0', 'system', 0],
+  ])('%s, rejecting with INVALID_OPTION naming sleep.clock', async (_, clock, delayMs) => {
+    await expect(sleep(clock as unknown as Clock, delayMs)).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      option: 'sleep.clock',
+    })
+  })
+
+  it('before it looks at the signal', async () => {
+    await expect(sleep(null as unknown as Clock, 10, AbortSignal.abort())).rejects.toMatchObject({
+      option: 'sleep.clock',
+    })
+  })
+})
