@@ -9,9 +9,11 @@ export interface KeyedBreakersOptions {
   /** Builds the breaker for a key the first time it is asked for. Required. */
   readonly create: (key: string) => CircuitBreaker
   /**
-   * How many breakers are kept. When a new key would pass the bound, the least recently used
-   * closed breaker is dropped; breakers that are not closed are never dropped, so the count
-   * can exceed the bound while more than `maxKeys` circuits are open at once.
+   * How many breakers are kept, at most. When a new key would pass the bound, the least
+   * recently used closed breaker is dropped. When every other kept breaker is open, half-open
+   * or isolated, the least recently used open or half-open one is dropped (its key starts
+   * closed next time), and an isolated one only when all others are isolated: the bound holds
+   * whatever the state of the circuits.
    * @default 1000
    */
   readonly maxKeys?: number | undefined
@@ -55,7 +57,8 @@ interface Entry {
 /**
  * Keeps one circuit breaker per key (host, tenant, shard) so one bad downstream does not open
  * the circuit for the healthy ones, with memory bounded by `maxKeys` (least recently used
- * closed breakers go first) and idle closed breakers dropped after `idleMs`. Work is done in
+ * closed breakers go first, unhealthy ones only when no closed one is left) and idle closed
+ * breakers dropped after `idleMs`. Work is done in
  * `get()`: O(1) amortised, no timer. A dropped breaker is disposed; a caller still holding it
  * keeps a working but detached breaker. An unknown (misspelt) option is refused with
  * `InvalidOptionError` (code `INVALID_OPTION`) naming it.
@@ -154,10 +157,21 @@ class KeyedBreakerSet implements KeyedBreakers {
     this.#entries.clear()
   }
 
+  // Drops idle closed breakers, and keeps the count at or below maxKeys: the least recently
+  // used closed breakers go first, then (only when every other kept breaker is unhealthy) the
+  // least recently used open or half-open one, and an isolated one last of all.
+  #sweep(now: number, justUsed: string): void {
+    this.#walk(now, justUsed)
+    if (this.#entries.size > this.#maxKeys) {
+      this.#evictUnhealthy(justUsed, false)
+      this.#evictUnhealthy(justUsed, true)
+    }
+  }
+
   // Walks from the least recently used end while something is idle or the map is over its
   // bound. A breaker that must be kept is moved to the newest end (as if used now), so each
   // kept breaker costs one step per idle period and the walk ends after at most size steps.
-  #sweep(now: number, justUsed: string): void {
+  #walk(now: number, justUsed: string): void {
     const entries = this.#entries
     let budget = entries.size
     this.#nextSweepMs = now + this.#idleMs
@@ -179,6 +193,21 @@ class KeyedBreakerSet implements KeyedBreakers {
         entry.lastUsedMs = now
         entries.set(key, entry)
       }
+    }
+  }
+
+  // Still over the bound after the walk: only the breaker just asked for and unhealthy ones are
+  // left (the walk dropped every closed one before it). Remembering an unhealthy key is worth
+  // less than the bound, which is what keeps memory in check when keys come from outside (a
+  // host per request): the least recently used goes, and its key starts closed next time.
+  // Isolated breakers (opened by hand) go only when nothing else is left.
+  #evictUnhealthy(justUsed: string, isolated: boolean): void {
+    const entries = this.#entries
+    for (const [key, entry] of entries) {
+      if (entries.size <= this.#maxKeys) return
+      if (key === justUsed || (entry.breaker.state === 'isolated') !== isolated) continue
+      entries.delete(key)
+      entry.breaker.dispose()
     }
   }
 }

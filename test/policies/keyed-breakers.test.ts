@@ -65,7 +65,7 @@ describe('createKeyedBreakers', () => {
     expect(breakers.size).toBe(3)
   })
 
-  it('never drops an open breaker to make room, even past maxKeys', async () => {
+  it('keeps open breakers over closed ones, but never more than maxKeys', async () => {
     const { breakers, created } = setup({ maxKeys: 2 })
     const a = breakers.get('a')
     await trip(a)
@@ -74,10 +74,34 @@ describe('createKeyedBreakers', () => {
     expect(breakers.get('a')).toBe(a)
     expect(created).toEqual(['a', 'b', 'c'])
     await trip(breakers.get('c'))
-    breakers.get('d') // both others are open: the set grows past maxKeys
-    expect(breakers.size).toBe(3)
-    expect(breakers.get('a')).toBe(a)
+    // Both others are open: the least recently used of them (a) goes, and the bound holds
+    // (it used to grow to 3 and stay there until the open breakers closed and went idle).
+    const d = breakers.get('d')
+    expect(breakers.size).toBe(2)
+    expect(breakers.get('c').state).toBe('open')
+    expect(breakers.get('d')).toBe(d)
     expect(created).toEqual(['a', 'b', 'c', 'd'])
+    expect(breakers.get('a')).not.toBe(a) // a starts again, closed
+    expect(breakers.size).toBe(2)
+    expect(created).toEqual(['a', 'b', 'c', 'd', 'a'])
+  })
+
+  it('drops an isolated breaker only when every other kept one is isolated too', async () => {
+    const { breakers, created } = setup({ maxKeys: 2 })
+    const isolated = breakers.get('isolated')
+    isolated.isolate()
+    await trip(breakers.get('open'))
+    breakers.get('new') // the open one goes although the isolated one is older
+    expect(breakers.size).toBe(2)
+    expect(breakers.get('isolated')).toBe(isolated)
+    breakers.get('new').isolate()
+    breakers.get('isolated') // now 'new' is the least recently used
+    breakers.get('newer') // only isolated ones left: the least recently used goes
+    expect(breakers.size).toBe(2)
+    expect(breakers.get('isolated')).toBe(isolated)
+    expect(created).toEqual(['isolated', 'open', 'new', 'newer'])
+    expect(breakers.get('new').state).toBe('closed') // created again
+    expect(created).toEqual(['isolated', 'open', 'new', 'newer', 'new'])
   })
 
   it('drops closed breakers idle for idleMs and keeps open ones until they close', async () => {
