@@ -133,7 +133,8 @@ const projectorOptions = optionKeys<ProjectorOptions>({
 /** Options of {@link Projector.waitFor}. */
 export interface WaitForOptions {
   /**
-   * Give up after this long with `TimeoutError`.
+   * Give up after this long with `TimeoutError`: an integer >= 0, or `Infinity` for no timeout
+   * (wait until the position is applied or `signal` aborts).
    * @default 5000
    */
   readonly timeoutMs?: number | undefined
@@ -162,6 +163,19 @@ const rebuildOptions = optionKeys<RebuildOptions>({ batchSize: true, signal: tru
 const catchUpOptions = optionKeys<NonNullable<Parameters<Projector['catchUp']>[0]>>({
   signal: true,
 })
+
+/**
+ * `waitFor`'s `timeoutMs`: an integer >= 0, or `Infinity`, which means no timeout (as it does
+ * for `withDeadline`): refused, a caller had to make up a large number to wait without a limit.
+ * NaN, negatives, fractions and non-numbers are refused with `InvalidOptionError`.
+ */
+function checkWaitTimeout(value: unknown): number {
+  if (value === Number.POSITIVE_INFINITY) return value
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new InvalidOptionError('timeoutMs', 'an integer >= 0, or Infinity for no timeout', value)
+  }
+  return value
+}
 
 /** What a rebuild did. */
 export interface RebuildResult {
@@ -221,7 +235,7 @@ export interface Projector {
    * not take that back: its swap applies at least every event up to the checkpoint it
    * replaces, so the checkpoint never goes back and the swapped-in tables reflect whatever
    * position a `waitFor` resolved for before.
-   * @throws TimeoutError when it does not happen within `timeoutMs`
+   * @throws TimeoutError when it does not happen within `timeoutMs` (never with `Infinity`)
    */
   waitFor(position: number, options?: WaitForOptions): Promise<void>
   /**
@@ -626,7 +640,7 @@ class SqlProjector implements Projector {
     checkObject('options', options)
     // A misspelt timeout (`timeout`) waited the default 5 s instead.
     checkOptionKeys('options', options, waitForOptions)
-    const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
+    const timeoutMs = checkWaitTimeout(options.timeoutMs ?? 5000)
     const signal = checkSignal('signal', options.signal)
     if (position <= this.#lastKnown) return
     // A complete inline projection has every committed event; one that lacks the events from

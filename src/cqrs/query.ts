@@ -51,7 +51,8 @@ export interface QueryOptions {
    */
   readonly atLeastPosition?: number | undefined
   /**
-   * How long to wait for `atLeastPosition` before failing with `TimeoutError`.
+   * How long to wait for `atLeastPosition` before failing with `TimeoutError`: an integer >= 0,
+   * or `Infinity` for no timeout (as `Projector.waitFor` takes it).
    * @default 5000
    */
   readonly timeoutMs?: number | undefined
