@@ -25,6 +25,8 @@ export const errorCodes = {
     'An idempotency key is empty, longer than 255 characters, uses a character outside the allowed set, is a malformed quoted string (rule syntax), or came in an Idempotency-Key header sent more than once (rule repeated).',
   IDEMPOTENCY_MISMATCH:
     'An idempotency key was reused for a different request (method, route or body).',
+  IDEMPOTENCY_BODY_TOO_LARGE:
+    'A request body to the node:http, Express or Hono idempotency adapter was larger than its maxBodyBytes (1 MiB by default); answered 413 problem+json with Connection: close, before any key was claimed.',
   IDEMPOTENCY_BODY_UNAVAILABLE:
     'An idempotency adapter was given a request whose body an earlier layer had already read without leaving it in req.body, so the body cannot be fingerprinted.',
   IDEMPOTENCY_RESPONSE_UNSUPPORTED:

@@ -174,9 +174,31 @@ export class IdempotencyReleaseError extends BreakwaterError {
   }
 }
 
+/**
+ * A request to an idempotency adapter (node:http, Express, Hono) had a body larger than the
+ * adapter's `maxBodyBytes` (code `IDEMPOTENCY_BODY_TOO_LARGE`, HTTP 413). Answered as
+ * problem+json before any key is claimed or the handler runs, with `Connection: close`, since
+ * the rest of the body is not read. Not retryable as sent.
+ */
+export class IdempotencyBodyTooLargeError extends BreakwaterError {
+  /** The HTTP status the adapter answers with. */
+  readonly status = 413
+  /** The adapter's `maxBodyBytes`. */
+  readonly limitBytes: number
+
+  constructor(limitBytes: number) {
+    super(
+      'IDEMPOTENCY_BODY_TOO_LARGE',
+      `The request body exceeds ${limitBytes} bytes (the idempotency adapter's maxBodyBytes)`,
+    )
+    this.limitBytes = limitBytes
+  }
+}
+
 /** Any of the errors above: the ones the middleware turns into problem+json responses. */
 export type IdempotencyError =
   | IdempotencyKeyMissingError
   | IdempotencyKeyInvalidError
   | IdempotencyMismatchError
+  | IdempotencyBodyTooLargeError
   | IdempotencyInProgressError

@@ -10,6 +10,7 @@ import {
 import { CapturedRun, type CapturedRunOptions } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
+import { IdempotencyBodyTooLargeError } from './errors.js'
 import { parsedBodyBytes } from './fingerprint.js'
 import {
   answerNodeRequest,
@@ -19,7 +20,6 @@ import {
   nodeRequest,
   readNodeBody,
 } from './node-response.js'
-import { genericProblem } from './problem.js'
 
 /** The parts of an Express request the middleware reads (any Express 5 `Request`). */
 export interface ExpressLikeRequest extends IncomingMessage {
@@ -148,14 +148,7 @@ export function expressIdempotency(
       } catch (error) {
         if (!(error instanceof BodyTooLargeError)) throw error
         res.setHeader('connection', 'close')
-        answerNodeRequest(
-          res,
-          genericProblem(
-            413,
-            'Content Too Large',
-            `The request body exceeds ${maxBodyBytes} bytes`,
-          ),
-        )
+        answerNodeRequest(res, idempotency.problem(new IdempotencyBodyTooLargeError(maxBodyBytes)))
         return
       }
     }

@@ -8,9 +8,8 @@ import {
 } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
-import type { IdempotencyInProgressError } from './errors.js'
+import { IdempotencyBodyTooLargeError, type IdempotencyInProgressError } from './errors.js'
 import { leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
-import { genericProblem } from './problem.js'
 import type { IdempotencyResponse } from './types.js'
 
 /** The parts of a Hono context the middleware uses (any Hono 4 `Context`). */
@@ -202,11 +201,7 @@ export function honoIdempotency(
     }
     const body = await readBody(c, maxBodyBytes)
     if (body === undefined) {
-      const tooLarge = genericProblem(
-        413,
-        'Content Too Large',
-        `The request body exceeds ${maxBodyBytes} bytes`,
-      )
+      const tooLarge = idempotency.problem(new IdempotencyBodyTooLargeError(maxBodyBytes))
       // The rest of the body is never read: the connection cannot carry another request.
       return answer(c, { ...tooLarge, headers: { ...tooLarge.headers, connection: 'close' } })
     }

@@ -28,6 +28,7 @@ export type {
   UnsupportedResponseRule,
 } from './errors.js'
 export {
+  IdempotencyBodyTooLargeError,
   IdempotencyBodyUnavailableError,
   IdempotencyInProgressError,
   IdempotencyKeyInvalidError,

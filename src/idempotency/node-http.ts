@@ -10,6 +10,7 @@ import {
 import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotencyBegin } from './core.js'
+import { IdempotencyBodyTooLargeError } from './errors.js'
 import {
   answerInternalError,
   answerNodeRequest,
@@ -19,7 +20,6 @@ import {
   readNodeBody,
   writeInternalError,
 } from './node-response.js'
-import { genericProblem } from './problem.js'
 import type { IdempotencyContext } from './types.js'
 
 /** Options of {@link idempotentHandler}. */
@@ -168,10 +168,7 @@ export function idempotentHandler(
         return
       }
       res.setHeader('connection', 'close')
-      answerNodeRequest(
-        res,
-        genericProblem(413, 'Content Too Large', `The request body exceeds ${maxBodyBytes} bytes`),
-      )
+      answerNodeRequest(res, idempotency.problem(new IdempotencyBodyTooLargeError(maxBodyBytes)))
       return
     }
     if (!idempotency.appliesTo(req.method ?? 'GET')) {

@@ -1,5 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import {
+  IdempotencyBodyTooLargeError,
   type IdempotencyError,
   IdempotencyInProgressError,
   IdempotencyKeyInvalidError,
@@ -105,6 +106,9 @@ function shapeOf(error: IdempotencyError): ProblemShape {
     }
     return { name: 'idempotency-key-malformed', title: 'Idempotency-Key malformed' }
   }
+  if (error instanceof IdempotencyBodyTooLargeError) {
+    return { name: 'request-body-too-large', title: 'Request body too large' }
+  }
   if (error instanceof IdempotencyMismatchError) {
     return {
       name: 'idempotency-key-mismatch',
@@ -165,7 +169,12 @@ export function problemResponse(
   return { status: error.status, headers, body }
 }
 
-/** A generic problem response for failures that are not the client's (HTTP 500 or 413). */
+/**
+ * A generic problem response for failures that are not the client's (HTTP 500). Its type is
+ * `about:blank` and it carries no `code` on purpose: RFC 9457 uses `about:blank` for a problem
+ * with no meaning beyond its status, and a server failure breaks no rule the client could
+ * mend; what failed is reported to the server's own logs, not sent to the client.
+ */
 export function genericProblem(status: number, title: string, detail: string): IdempotencyResponse {
   return {
     status,
@@ -180,6 +189,7 @@ export function isIdempotencyError(error: unknown): error is IdempotencyError {
     error instanceof IdempotencyKeyMissingError ||
     error instanceof IdempotencyKeyInvalidError ||
     error instanceof IdempotencyMismatchError ||
+    error instanceof IdempotencyBodyTooLargeError ||
     error instanceof IdempotencyInProgressError
   )
 }

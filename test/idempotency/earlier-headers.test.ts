@@ -129,7 +129,10 @@ describe.each(targets)('$name adapter', (target) => {
 
 describe.each(targets.filter((t) => t.name !== 'fastify'))('$name adapter, 413', (target) => {
   it('keeps the headers of earlier layers and closes the connection', async () => {
-    const idempotency = createIdempotency({ store: createMemoryIdempotencyStore() })
+    const idempotency = createIdempotency({
+      store: createMemoryIdempotencyStore(),
+      problemTypeBase: 'https://api.example/problems/',
+    })
     const listening = await listenServer(await target.start(idempotency))
     try {
       const big = JSON.stringify({ pad: 'x'.repeat(100) })
@@ -138,6 +141,14 @@ describe.each(targets.filter((t) => t.name !== 'fastify'))('$name adapter, 413',
       expect(reply.headers['access-control-allow-origin']).toBe(origin)
       // The rest of the body is not read: the connection cannot carry another request.
       expect(reply.headers.connection).toBe('close')
+      // A problem naming the limit broken, as every other refusal of the middleware is.
+      expect(reply.headers['content-type']).toBe('application/problem+json')
+      expect(JSON.parse(reply.text)).toMatchObject({
+        type: 'https://api.example/problems/request-body-too-large',
+        status: 413,
+        code: 'IDEMPOTENCY_BODY_TOO_LARGE',
+        detail: expect.stringMatching(/maxBodyBytes/),
+      })
     } finally {
       await listening.close()
     }
