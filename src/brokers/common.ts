@@ -357,7 +357,10 @@ export function ms(option: string, value: unknown, fallback: number, min: number
   return checkInteger(option, value ?? fallback, min, maxTimerDelayMs)
 }
 
-/** Parses a broker URL and checks its scheme; the error names the option, never the password. */
+/**
+ * Parses a broker URL and checks its scheme, host, port and percent-encoding; the error names
+ * the option, never the password nor any query value (see {@link redactUrlValues}).
+ */
 export function parseBrokerUrl(option: string, value: unknown, schemes: readonly string[]): URL {
   const article = /^[aeiou]/.test(schemes[0] ?? '') ? 'an' : 'a'
   const expected = `${article} ${schemes.map((s) => `${s}//`).join(' or ')} URL`
@@ -366,10 +369,10 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
   try {
     url = new URL(value)
   } catch {
-    throw new InvalidOptionError(option, expected, redactUrl(value))
+    throw new InvalidOptionError(option, expected, redactUrlValues(value))
   }
   if (!schemes.includes(url.protocol) || url.hostname === '') {
-    throw new InvalidOptionError(option, expected, redactUrl(value))
+    throw new InvalidOptionError(option, expected, redactUrlValues(value))
   }
   // The URL parser refuses a port past 65535 but keeps 0, which no server listens on: amqplib
   // reads it as its default (5672, a port never written), ioredis and nats.js try port 0.
@@ -377,7 +380,7 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
     throw new InvalidOptionError(
       option,
       `${expected} whose port is from 1 to 65535`,
-      redactUrl(value),
+      redactUrlValues(value),
     )
   }
   // The drivers decode the user name, password and path (RabbitMQ's vhost) on first connect: a
@@ -389,7 +392,7 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
       throw new InvalidOptionError(
         option,
         `${expected} whose user name, password and path are percent-encoded (a % must start a %XX escape; write % itself as %25)`,
-        redactUrl(value),
+        redactUrlValues(value),
       )
     }
   }
@@ -452,6 +455,16 @@ export function redactUrl(value: string): string {
  */
 export function redactUrlQuery(value: string, known: (name: string) => boolean): string {
   return maskQueryValues(redactUrl(value), (name) => !known(name), /[&#]/g)
+}
+
+/**
+ * {@link redactUrl}, with the value of every query parameter hidden: for a URL refused before
+ * its query is checked (a bad port, host, scheme or escape), which is then not what is wrong.
+ * Only a `password` was hidden, so `amqp://h:0/?pass=...` (a misspelt or other credential:
+ * `?token=`, `?secret=`) was quoted whole in the refusal of its port; the names stay.
+ */
+export function redactUrlValues(value: string): string {
+  return redactUrlQuery(value, () => false)
 }
 
 /** `text` with the value of every `password` query parameter replaced by `***`. */

@@ -1,7 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
-import { redactUrl, type SubscriberErrorEvent } from './common.js'
+import { redactUrlValues, type SubscriberErrorEvent } from './common.js'
 import { createNatsBroker, type NatsBrokerOptions } from './nats.js'
 import { hideText } from './option-keys.js'
 import { createRabbitMqBroker, type RabbitMqBrokerOptions } from './rabbitmq.js'
@@ -92,7 +92,8 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
       throw new InvalidOptionError(
         'url',
         'a nats://, tls://, amqp://, amqps://, redis:// or rediss:// URL',
-        typeof url === 'string' ? redactUrl(url) : url,
+        // No adapter's query to judge: every value is hidden (a credential may be among them).
+        typeof url === 'string' ? redactUrlValues(url) : url,
       )
   }
 }

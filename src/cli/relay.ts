@@ -8,6 +8,7 @@ import {
 } from '../brokers/index.js'
 import { type Clock, maxTimerDelayMs, systemClock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
+import { maskQueryValues } from '../core/query-keys.js'
 import type { CircuitState } from '../index.js'
 import {
   createJsonLogger,
@@ -215,7 +216,9 @@ const secretFlags = new Map([
 
 /** Parses `--broker` (or `BREAKWATER_BROKER_URL`); the error never shows a password. */
 function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpec {
-  const shown = redactSecrets(text)
+  // Refused here, the query is not what is wrong: no value of it is shown (a credential may
+  // sit under any name, ?pass= or ?token=), only its names.
+  const shown = redactSecrets(maskQueryValues(text, () => true, /[&#]/g))
   if (text === 'sql' || text === 'sql:' || text === 'sql://') return { kind: 'sql', url: undefined }
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(text)?.[1]?.toLowerCase()
   switch (scheme) {

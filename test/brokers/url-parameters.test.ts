@@ -5,6 +5,7 @@ import {
   createNatsBroker,
   createRabbitMqBroker,
   createRedisBroker,
+  openBroker,
 } from '../../src/brokers/index.js'
 import { refusal } from './support.js'
 
@@ -129,5 +130,41 @@ describe('a refused URL query', () => {
     expect(refusal(() => createRedisBroker({ url: 'redis://127.0.0.1?db=x' })).message).toContain(
       '?db=x',
     )
+  })
+
+  it('never quotes a query value when the URL is refused before its query is checked (port, host, scheme, encoding)', () => {
+    // The port, host, scheme and percent-encoding are checked before the query, and those
+    // refusals quoted the URL with only its userinfo and ?password= hidden: a misspelt or
+    // other credential (?pass=, ?token=, ?secret=) went into the message and the error's value.
+    const urls = [
+      'amqp://127.0.0.1:0/?pass=hunter2',
+      'amqps://127.0.0.1:99999/?token=hunter2',
+      'amqp:///?pass=hunter2',
+      'amqp://%zz@127.0.0.1/?pass=hunter2',
+      'redis://127.0.0.1:0?pasword=hunter2',
+      'rediss://127.0.0.1:0/?db=1&secret=hunter2',
+      'redis://127.0.0.1:0?db=1?pass=hunter2',
+      'nats://127.0.0.1:0?token=hunter2',
+      'tls://127.0.0.1:0/?auth_token=hunter2#frag',
+      'nats:///?token=hunter2',
+      'kafka://127.0.0.1?pass=hunter2',
+      'amqp://127.0.0.1:0/?pass%77ord=hunter2&x=hunter2',
+    ]
+    for (const url of urls) {
+      const error = refusal(() => openBroker(url))
+      expect(error.message, url).not.toContain('hunter2')
+      expect(JSON.stringify(error.value), url).not.toContain('hunter2')
+      // The parameter's name is still there: it may be what the reader looks for.
+      expect(String(error.value), url).toMatch(/=\*\*\*/)
+    }
+    for (const make of [
+      () => createRabbitMqBroker({ url: 'amqp://127.0.0.1:0/?pass=hunter2' }),
+      () => createRedisBroker({ url: 'redis://127.0.0.1:0?pass=hunter2' }),
+      () => createNatsBroker({ url: 'nats://127.0.0.1:0?pass=hunter2' }),
+    ]) {
+      const error = refusal(make)
+      expect(error.message).toContain('port is from 1 to 65535')
+      expect(error.message).not.toContain('hunter2')
+    }
   })
 })

@@ -104,6 +104,12 @@ describe('breakwater relay: argument errors', () => {
       ['--db', 'mysql://root:hunter2-pw@db/app'],
       ['--broker', 'nats://user:hunter2-pw@'],
       ['--db', 'postgres://app:hunter2-pw@db/app', '--batch-size', 'x'],
+      // Nor a query value of a broker URL refused before its query is read: it may be a
+      // credential under another name than password.
+      ['--broker', 'amqp://host:99999/?pass=hunter2-pw'],
+      ['--broker', 'amqp:///?token=hunter2-pw'],
+      ['--broker', 'kafka://host?secret=hunter2-pw'],
+      ['--broker', 'amqp://host:0/?pass=hunter2-pw'],
     ]) {
       const result = await run(args)
       expect(result.code).toBe(2)
