@@ -169,7 +169,8 @@ export type MergeContext<C, Out> = [Out] extends [undefined | null | void]
 export interface ActionStep<I, C, Out> {
   /**
    * The step's name: letters, digits, `.`, `_`, `-`, starting with a letter or a digit; up to 40
-   * characters; unique in the saga.
+   * characters; unique in the saga. Compared exactly, case included (`Reserve` and `reserve` are
+   * two steps): nothing stores or looks a step name up without its case (see docs/saga.md).
    */
   readonly name: string
   /**
@@ -591,6 +592,8 @@ function compile(raw: unknown): CompiledSaga {
     throw new InvalidOptionError(`${where}.steps`, 'a non-empty array of steps', steps)
   }
   refuseHoles(`${where}.steps`, steps)
+  // Exact names, case included: every place a step name is stored or matched (the steps JSON,
+  // the replies' key, the saga-step header, the idempotency key) compares it exactly.
   const seen = new Set<string>()
   const compiledSteps = steps.map((step: unknown, index) => {
     const compiledStep = compileStep(`${where}.steps[${index}]`, step, index)
