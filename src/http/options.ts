@@ -174,7 +174,10 @@ export type HttpRequestOptions = HttpRequestBaseOptions & HttpRequestBody
 
 /**
  * The request's body: raw `body` or a `json` value, not both (the other is absent or
- * `undefined`). Neither sends no body.
+ * `undefined`). Neither sends no body. GET, HEAD and TRACE take no body: one given (even empty,
+ * or `json: null`) is refused with `InvalidOptionError` naming the option and the method, as
+ * `fetch()` refuses it (RFC 9110 forbids content in TRACE and gives it no meaning in GET or
+ * HEAD); send such a query with POST.
  */
 export type HttpRequestBody =
   | {

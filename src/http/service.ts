@@ -49,7 +49,7 @@ import {
   isOverLimitAnswer,
   type WriteTimeHeader,
 } from './exchange.js'
-import { idempotentMethods } from './methods.js'
+import { bodylessMethods, idempotentMethods } from './methods.js'
 import type { HttpRequestOptions, HttpServiceOptions } from './options.js'
 import {
   addHeaders,
@@ -611,9 +611,11 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     if (raw.json !== undefined) {
       if (raw.body !== undefined)
         throw new InvalidOptionError('request.body', 'undefined when json is given', raw.body)
+      refuseBodyFor(method, 'request.json', raw.json)
       body = jsonBody(raw.json)
       if (headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     } else if (options.body !== undefined) {
+      refuseBodyFor(method, 'request.body', options.body)
       if (typeof options.body !== 'string' && !(options.body instanceof Uint8Array))
         throw new InvalidOptionError('request.body', 'a string or Uint8Array', options.body)
       body = options.body
@@ -888,6 +890,13 @@ function timeoutOption(
 
 // JSON.stringify throws a bare TypeError (BigInt, a cycle) or returns undefined (a function, a
 // symbol): the first has no code, the second would send an empty body labelled JSON.
+// A body (any given `body` or `json`, an empty one included) on a method that takes none: see
+// bodylessMethods. Named by the option that carries it and by the method.
+function refuseBodyFor(method: string, option: string, value: unknown): void {
+  if (bodylessMethods.has(method))
+    throw new InvalidOptionError(option, `no body for a ${method} request`, value)
+}
+
 function jsonBody(value: unknown): string {
   let text: string | undefined
   try {

@@ -391,6 +391,35 @@ describe('request options are checked before anything is sent', () => {
     expect(server.hits).toHaveLength(0)
   })
 
+  // RFC 9110 forbids content in a TRACE request (§9.3.8) and gives content in GET or HEAD no
+  // meaning (§9.3.1, §9.3.2): servers and proxies may drop it or reject the request, and it is
+  // a request-smuggling vector. undici's request() sent all three (fetch() refuses them).
+  it.each([
+    ['GET', { body: 'x' }, 'request.body', 'no body for a GET request, got "x"'],
+    [
+      'get',
+      { body: new Uint8Array(0) },
+      'request.body',
+      'no body for a GET request, got a Uint8Array',
+    ],
+    ['HEAD', { body: '' }, 'request.body', 'no body for a HEAD request, got ""'],
+    ['TRACE', { json: { a: 1 } }, 'request.json', 'no body for a TRACE request, got an object'],
+    ['GET (by default)', { json: null }, 'request.json', 'no body for a GET request, got null'],
+  ])('a body on %s, naming the method', async (method, body, option, message) => {
+    const options = method.startsWith('GET (') ? body : { method, ...body }
+    const error = await optionRefusal(() => make().request('svc', { path: '/', ...options }))
+    expect(error.option).toBe(option)
+    expect(error.message).toBe(`${option}: expected ${message}`)
+    expect(server.hits).toHaveLength(0)
+  })
+
+  it('still sends a body on OPTIONS and DELETE', async () => {
+    const c = make()
+    await c.request('svc', { method: 'OPTIONS', path: '/', body: 'o' })
+    await c.request('svc', { method: 'DELETE', path: '/', json: { d: 1 } })
+    expect(server.hits.map((hit) => hit.body)).toEqual(['o', '{"d":1}'])
+  })
+
   // The query and headers take plain objects only (prototype Object.prototype or null), a
   // stricter rule than other options; the refusal names the built-in or the class given (it
   // said "got an object" of a class instance, which read as if a plain object were refused).
