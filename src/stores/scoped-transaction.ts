@@ -58,6 +58,7 @@ export class ScopedTransaction implements SqlTransaction {
       this.finish = <R>(sql: string, params: readonly unknown[] = []) => {
         if (!this.open) return Promise.reject(ended())
         if (this.#savepointRunning) return Promise.reject(insideSavepoint())
+        if (endsOrBegins(sql)) return Promise.reject(transactionControl(sql))
         this.#open = false
         return finisher(sql, params) as Promise<{ rows: R[]; rowCount: number }>
       }
@@ -81,12 +82,14 @@ export class ScopedTransaction implements SqlTransaction {
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     if (!this.open) return Promise.reject(ended())
     if (this.#savepointRunning) return Promise.reject(insideSavepoint())
+    if (endsOrBegins(sql)) return Promise.reject(transactionControl(sql))
     return this.#connection.query<R>(sql, params)
   }
 
   execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
     if (!this.open) return Promise.reject(ended())
     if (this.#savepointRunning) return Promise.reject(insideSavepoint())
+    if (endsOrBegins(sql)) return Promise.reject(transactionControl(sql))
     return this.#connection.execute(sql, params)
   }
 
@@ -152,6 +155,29 @@ export class ScopedTransaction implements SqlTransaction {
       // seeing.
     }
   }
+}
+
+/**
+ * A statement that ends the transaction (COMMIT, END, ROLLBACK without TO, ABORT, PREPARE
+ * TRANSACTION) or begins one, after any leading comments. Sent through a tx, it would commit
+ * part of the callback's writes and run the rest on their own (PostgreSQL), or end the
+ * transaction under the driver (SQLite), so it is refused before it is sent. Savepoint
+ * statements (SAVEPOINT, RELEASE, ROLLBACK TO) stay inside the transaction and are taken.
+ * Anchored at the start and failing at the first letter of an ordinary statement, it costs
+ * tens of nanoseconds per statement.
+ */
+const transactionControlStatement =
+  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:transaction|work))?\s+to\b))\b/i
+
+function endsOrBegins(sql: string): boolean {
+  return typeof sql === 'string' && transactionControlStatement.test(sql)
+}
+
+function transactionControl(sql: string): TransactionMisuseError {
+  const word = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*/, '').split(/\s/, 1)[0]
+  return new TransactionMisuseError(
+    `A statement that ends or begins a transaction (${JSON.stringify(word?.toUpperCase())}) was sent through a tx: the transaction commits when its callback resolves and rolls back when it throws, so return or throw instead (tx.transaction runs a savepoint)`,
+  )
 }
 
 /** PostgreSQL's "current transaction is aborted, commands ignored until end of transaction block". */

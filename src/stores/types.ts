@@ -31,7 +31,10 @@ export type SqlDialect = 'sqlite' | 'postgres'
 
 /**
  * The executor handed to {@link SqlDriver.transaction}'s callback. It is valid only until the
- * callback settles; a statement sent through it later fails with `TRANSACTION_MISUSE`.
+ * callback settles; a statement sent through it later fails with `TRANSACTION_MISUSE`. So does
+ * a statement that would end or begin a transaction (`COMMIT`, `END`, `ROLLBACK`, `ABORT`,
+ * `BEGIN`, `START TRANSACTION`, `PREPARE TRANSACTION`): the callback's result decides commit or
+ * rollback. Savepoint statements of your own (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) are taken.
  */
 export interface SqlTransaction extends SqlExecutor {
   /**

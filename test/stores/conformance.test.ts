@@ -164,6 +164,46 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
   })
 
+  it('refuses a statement that would end or begin a transaction through tx, and rolls back', async () => {
+    const t = await table()
+    const ending = [
+      'COMMIT',
+      'commit transaction',
+      'END',
+      '  /* why */ -- and this\n ROLLBACK',
+      'rollback work',
+      'BEGIN',
+      'START TRANSACTION',
+    ]
+    for (const statement of ending) {
+      for (const send of [
+        (tx: SqlTransaction) => tx.execute(statement),
+        (tx: SqlTransaction) => tx.query(statement),
+      ]) {
+        const error = await db
+          .transaction(async (tx) => {
+            await tx.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'kept only with the rest')`)
+            await send(tx)
+            await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'after')`)
+          })
+          .catch((e) => e)
+        expect(BreakwaterError.is(error) && error.code, statement).toBe('TRANSACTION_MISUSE')
+        expect((error as Error).message).toMatch(/ends or begins a transaction/)
+        expect(await db.query(`SELECT id FROM ${t}`), statement).toEqual([])
+      }
+    }
+    // Savepoints of the user's own stay inside the transaction: they are taken.
+    await db.transaction(async (tx) => {
+      await tx.execute('SAVEPOINT mine')
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (3, 'undone')`)
+      await tx.execute('ROLLBACK TO SAVEPOINT mine')
+      await tx.execute('rollback transaction to mine')
+      await tx.execute('RELEASE SAVEPOINT mine')
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (4, 'kept')`)
+    })
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 4 }])
+  })
+
   it('refuses statements through a savepoint executor once the outer transaction ended', async () => {
     const t = await table()
     const inside = gate()
