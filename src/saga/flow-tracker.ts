@@ -293,7 +293,7 @@ export interface FlowState {
 export interface FlowTrackerOptions {
   /** The database with the saga migrations applied (the tracker uses `breakwater_flow_events`). */
   readonly db: SqlDriver
-  /** The declared flows. */
+  /** The declared flows, from {@link defineFlow}: at least one (an empty list is refused). */
   readonly flows: readonly FlowDefinition[]
   /**
    * The clock that decides what is overdue.
@@ -376,6 +376,17 @@ class SqlFlowTracker implements FlowTracker {
       throw new InvalidOptionError('db', 'a SqlDriver', db)
     this.#db = db
     checkFlows(options.flows)
+    // No flow to place events in: state() would call every correlation id undeclared and
+    // stalled() would find nothing, for ever, while record() went on writing. An empty list is
+    // a forgotten one (flows assembled from config that came up empty), not a recorder-only
+    // tracker: a service that only records passes the flows it takes part in.
+    if (options.flows.length === 0) {
+      throw new InvalidOptionError(
+        'flows',
+        'at least one flow from defineFlow() (with none, state() and stalled() can place no event)',
+        options.flows,
+      )
+    }
     this.#flows = options.flows
     this.#clock = checkClock('clock', options.clock)
   }
@@ -696,8 +707,8 @@ function pickFlow(
  * Creates a flow tracker: records the events of choreographed flows (from the services that
  * emit and consume them, or from a subscription that only listens) and rebuilds each flow's
  * state from its declaration, including flows that stalled because the next event did not
- * come in time. An unknown (misspelt) option is refused with `InvalidOptionError`
- * (`INVALID_OPTION`).
+ * come in time. An unknown (misspelt) option, and an empty `flows` list (a tracker that could
+ * place no event), are refused with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts

@@ -320,6 +320,18 @@ describe('createFlowTracker', () => {
     }
     expect(() => createFlowTracker({ db, flows: [flow] })).not.toThrow()
   })
+
+  it('refuses an empty flows list (state() and stalled() could place no event), naming flows', () => {
+    const db = { dialect: 'sqlite', transaction: async () => undefined } as never
+    try {
+      createFlowTracker({ db, flows: [] })
+      expect.unreachable()
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'flows', value: [] })
+      expect((error as InvalidOptionError).message).toContain('at least one flow')
+    }
+  })
 })
 
 describe('reconstructFlow input', () => {
