@@ -131,7 +131,8 @@ export interface HttpServiceOptions {
   readonly deadlineMarginMs?: number | undefined
   /**
    * Headers sent with every request to the service (a request's own headers win). An
-   * `Idempotency-Key` is refused: a key belongs to one call (`request.idempotencyKey`).
+   * `Idempotency-Key` is refused: a key belongs to one call (`request.idempotencyKey`). So is
+   * an empty array as a value, which would send nothing.
    * @default {}
    */
   readonly headers?: Readonly<Record<string, string | readonly string[]>> | undefined
@@ -225,7 +226,9 @@ export interface HttpRequestBaseOptions {
   /**
    * Request headers. Connection-level headers (`host`, `connection`, `content-length`,
    * `transfer-encoding`, ...) are refused, and so is a name given twice in different cases
-   * (`{ 'X-A': '1', 'x-a': '2' }`; several values go in an array).
+   * (`{ 'X-A': '1', 'x-a': '2' }`; several values go in an array). A header of the service's
+   * `headers` given here replaces the default; `undefined` leaves the default in place, and an
+   * empty array is refused (it would silently send no such header at all).
    * @default undefined
    */
   readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>> | undefined

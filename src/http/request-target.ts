@@ -151,6 +151,7 @@ export function isToken(value: string): boolean {
  * Copies `headers` into `into` with lower-case names, checking names and values (undici would
  * otherwise fail the attempt, and the failure would be held against the downstream). A name
  * given twice in `headers` (in different cases) is refused; one already in `into` is replaced.
+ * An empty array is refused: it would send nothing, and on a request drop the service's default.
  */
 export function addHeaders(
   into: Record<string, string | string[]>,
@@ -189,6 +190,15 @@ export function addHeaders(
     }
     const secret = isSecretKey(name)
     if (Array.isArray(value)) {
+      // undici sends no header for []: on a request it would silently drop the service's
+      // default of that name (a request's headers replace the defaults by name), on a service
+      // it would send nothing. Leaving a header out is `undefined`, which keeps the default.
+      if (value.length === 0)
+        throw new InvalidOptionError(
+          `${option}.${rawName}`,
+          'a string or a non-empty array of strings',
+          value,
+        )
       for (const v of value) checkHeaderValue(`${option}.${rawName}`, v, secret)
       into[name] = [...(value as string[])]
     } else {

@@ -413,6 +413,21 @@ describe('request options are checked before anything is sent', () => {
     expect(server.hits).toHaveLength(0)
   })
 
+  // undici sends no header for an empty array: a request's [] silently dropped the service's
+  // default header of that name, and a service's [] sent nothing at all.
+  it('an empty array as a header value, on a request or a service', async () => {
+    const c = make({ headers: { 'x-team': 'orders' } })
+    const onRequest = await optionRefusal(() =>
+      c.request('svc', { path: '/', headers: { 'X-Team': [] } }),
+    )
+    expect(onRequest.message).toBe(
+      'request.headers.X-Team: expected a string or a non-empty array of strings, got an array of 0',
+    )
+    const onService = await optionRefusal(() => make({ headers: { 'x-team': [] } }))
+    expect(onService.option).toBe('services.svc.headers.x-team')
+    expect(server.hits).toHaveLength(0)
+  })
+
   it('still sends a body on OPTIONS and DELETE', async () => {
     const c = make()
     await c.request('svc', { method: 'OPTIONS', path: '/', body: 'o' })
