@@ -473,6 +473,44 @@ const messageRefusals = new Set([
   10111, // Nats-Rollup: rollup not permitted
 ])
 
+/**
+ * Refuses the batch, before any of it is sent, when a message is larger than the server's
+ * `max_payload` (payload and headers, as nats.js and the server count it; 1 MiB by default),
+ * naming the message, its size and the limit. nats.js refuses it too, but as a bare
+ * "MAX_PAYLOAD_EXCEEDED" naming neither the message nor the sizes, after the batch's earlier
+ * messages were sent. Without the server's INFO yet (nothing to compare) nats.js judges.
+ */
+function checkMaxPayload(
+  nc: NatsConnection,
+  messages: readonly OutgoingMessage[],
+  bodies: readonly Uint8Array[],
+  headers: readonly MsgHdrs[],
+): void {
+  const max = nc.info?.max_payload
+  if (typeof max !== 'number') return
+  for (let i = 0; i < messages.length; i++) {
+    const payload = bodies[i]!.length
+    const header = encodedHeaderBytes(headers[i]!)
+    if (payload + header <= max) continue
+    const message = messages[i]!
+    throw new BrokerError(
+      'BROKER_REJECTED',
+      'nats',
+      `message ${JSON.stringify(message.id)} to ${JSON.stringify(message.topic)} is ${payload + header} bytes (payload ${payload}, headers ${header}), more than the server's max_payload of ${max} bytes; nothing of the batch was sent`,
+    )
+  }
+}
+
+/**
+ * The bytes of `headers` on the wire, which count toward max_payload. nats.js's headers
+ * encode themselves when sent (`encode`, left out of the MsgHdrs type); this encodes them once
+ * more (a few hundred bytes). 0 if a driver's headers did not: nats.js then judges alone.
+ */
+function encodedHeaderBytes(headers: MsgHdrs): number {
+  const encode = (headers as { encode?: unknown }).encode
+  return typeof encode === 'function' ? (encode.call(headers) as Uint8Array).length : 0
+}
+
 /** Maps a driver error to a {@link BrokerError}. */
 function natsError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
@@ -666,6 +704,8 @@ class NatsPublisher implements Publisher {
     const inbox = await untilAborted(this.#connect(), signal)
     const { nc } = inbox
     const options = this.#options
+    const bodies = messages.map((message) => payloadBytes(message.payload))
+    checkMaxPayload(nc, messages, bodies, headers)
     let topic: string | undefined
     for (const message of messages) {
       if (message.topic === topic) continue
@@ -695,7 +735,7 @@ class NatsPublisher implements Publisher {
         ),
       )
       try {
-        nc.publish(message.topic, payloadBytes(message.payload), {
+        nc.publish(message.topic, bodies[i]!, {
           reply: token,
           headers: headers[i]!,
         })
