@@ -39,7 +39,10 @@ const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
 /**
  * Wraps a Kysely transaction as a {@link SqlExecutor}, so breakwater's rows commit (or roll
  * back) with the business writes made through Kysely. `dialect` must match the Kysely dialect:
- * `'sqlite'` for `SqliteDialect` (better-sqlite3), `'postgres'` for `PostgresDialect` (pg).
+ * `'sqlite'` for `SqliteDialect` (better-sqlite3), `'postgres'` for `PostgresDialect` (pg); a
+ * mismatch, or a MySQL or MSSQL transaction, is refused with `INVALID_OPTION` naming `dialect`
+ * when Kysely's adapter can be told (it can for Kysely's own dialects and those extending their
+ * adapters).
  *
  * The `Kysely` instance itself is refused (`INVALID_OPTION` naming `trx`): through it each
  * statement commits on its own, apart from the business write, as `fromPgClient` and
@@ -66,6 +69,17 @@ const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
 export function fromKysely(trx: KyselyExecutor, dialect: SqlDialect): SqlExecutor {
   if (dialect !== 'sqlite' && dialect !== 'postgres') {
     throw new InvalidOptionError('dialect', 'one of "sqlite", "postgres"', dialect)
+  }
+  const adapter = kyselyAdapterName(trx)
+  const adapterDialect = adapter === undefined ? undefined : kyselyAdapterDialects[adapter]
+  if (adapter !== undefined && adapterDialect !== dialect) {
+    throw new InvalidOptionError(
+      'dialect',
+      adapterDialect === undefined
+        ? `a Kysely transaction of SQLite or PostgreSQL (this one's adapter is ${adapter}, which breakwater does not speak)`
+        : `${JSON.stringify(adapterDialect)}, the dialect of this Kysely transaction (${adapter})`,
+      dialect,
+    )
   }
   if (trx.isTransaction === false) {
     throw new InvalidOptionError(
@@ -101,6 +115,38 @@ export function fromKysely(trx: KyselyExecutor, dialect: SqlDialect): SqlExecuto
       return { rowCount: Number(result.numAffectedRows ?? result.rows.length) }
     },
   }
+}
+
+/** Kysely's own dialect adapters, by class name, and the dialect breakwater speaks to each. */
+const kyselyAdapterDialects: Readonly<Record<string, SqlDialect | undefined>> = {
+  SqliteAdapter: 'sqlite',
+  PostgresAdapter: 'postgres',
+  MysqlAdapter: undefined,
+  MssqlAdapter: undefined,
+}
+
+/**
+ * The name of the Kysely dialect adapter behind `trx` (the nearest of Kysely's own in its class
+ * chain, so a third-party dialect extending `PostgresAdapter` counts as PostgreSQL), or
+ * undefined when it cannot be told. Best effort, on purpose: `getExecutor()` is marked internal
+ * in Kysely, and a bundler may rename classes, so anything unexpected skips the check rather
+ * than refuse a working transaction. Told, a mismatch is refused at once instead of failing
+ * later with a syntax error that does not name it.
+ */
+function kyselyAdapterName(trx: KyselyExecutor): string | undefined {
+  try {
+    const executor = (trx as { getExecutor?: () => { adapter?: unknown } }).getExecutor?.()
+    let proto: unknown =
+      executor?.adapter === undefined ? undefined : Object.getPrototypeOf(executor.adapter)
+    while (proto !== null && proto !== undefined && proto !== Object.prototype) {
+      const name = (proto as { constructor?: { name?: unknown } }).constructor?.name
+      if (typeof name === 'string' && Object.hasOwn(kyselyAdapterDialects, name)) return name
+      proto = Object.getPrototypeOf(proto)
+    }
+  } catch {
+    // Not Kysely's shape: nothing to tell.
+  }
+  return undefined
 }
 
 function compiled(sql: string, parameters: readonly unknown[]): KyselyCompiledQuery {

@@ -174,6 +174,15 @@ describe('PostgreSQL: fromPgClient and fromKysely', () => {
       /^trx: expected a Kysely Transaction .*not the Kysely instance/,
     )
   })
+
+  it('fromKysely refuses a dialect that is not the Kysely transaction’s', async () => {
+    const kysely = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
+    await kysely.transaction().execute(async (trx) => {
+      expect(() => fromKysely(trx, 'sqlite')).toThrow(
+        /^dialect: expected "postgres", the dialect of this Kysely transaction \(PostgresAdapter\)/,
+      )
+    })
+  })
 })
 
 describe('SQLite: fromBetterSqlite and fromKysely', () => {
@@ -384,6 +393,15 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
       expect(rows).toEqual([{ id: 'ksq-commit' }])
     })
     expect(() => fromKysely(kysely, 'sqlite')).toThrow(InvalidOptionError)
+  })
+
+  it('fromKysely (SQLite) refuses the postgres dialect for a SQLite Kysely transaction', async () => {
+    const kysely = new Kysely<Tables>({ dialect: new SqliteDialect({ database: db }) })
+    await kysely.transaction().execute(async (trx) => {
+      expect(() => fromKysely(trx, 'postgres')).toThrow(
+        /^dialect: expected "sqlite", the dialect of this Kysely transaction \(SqliteAdapter\)/,
+      )
+    })
   })
 
   it('rejects an unknown dialect', () => {
