@@ -80,6 +80,16 @@ function isWordChar(c: number): boolean {
   return isDigit(c) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 36
 }
 
+/** The error for a statement's `sql` that is not a string (the drivers' own name neither). */
+export function notSql(sql: unknown): InvalidOptionError {
+  return new InvalidOptionError('sql', 'a string of SQL', sql)
+}
+
+/** The error for a statement's `params` that is not an array. */
+export function notParams(params: unknown): InvalidOptionError {
+  return new InvalidOptionError('params', 'an array of values, one for each $n', params)
+}
+
 /**
  * Builds the positional argument list for a translated statement and converts values SQLite
  * cannot bind: booleans become 0/1 and `undefined` becomes `null` (as pg does). NaN is refused
@@ -91,6 +101,7 @@ export function bindPositional(
   translated: PositionalSql,
   params: readonly unknown[],
 ): readonly unknown[] {
+  if (!Array.isArray(params)) throw notParams(params)
   if (params.length !== translated.parameterCount) {
     // A caller's bug, named with a code like every other bad argument (PostgreSQL's driver
     // answers the same mistake with the server's own error).

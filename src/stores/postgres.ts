@@ -18,6 +18,7 @@ import {
 } from './errors.js'
 import { LruCache } from './lru.js'
 import { OpenPoolConnections, PgSockets } from './pg-connections.js'
+import { notParams, notSql } from './placeholders.js'
 import { redactUrl } from './redact.js'
 import { failedEarlier, ScopedTransaction } from './scoped-transaction.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
@@ -257,6 +258,10 @@ function queryConfig(
   params: readonly unknown[],
   types: PgTypes | undefined,
 ): PgQueryConfig {
+  // pg's own refusals name neither argument ("A query must have either text or a name", or a
+  // TypeError from inside the driver).
+  if (typeof sql !== 'string') throw notSql(sql)
+  if (!Array.isArray(params)) throw notParams(params)
   // Statements without parameters go through the simple protocol: nothing to bind, and it
   // accepts several statements in one string.
   const config: PgQueryConfig =

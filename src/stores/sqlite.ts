@@ -17,7 +17,7 @@ import {
 } from './errors.js'
 import { LruCache } from './lru.js'
 import { AsyncMutex } from './mutex.js'
-import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
+import { bindPositional, notSql, type PositionalSql, toPositional } from './placeholders.js'
 import { ScopedTransaction } from './scoped-transaction.js'
 import { type FileLock, fileLock } from './sqlite-file-lock.js'
 import { folderChain, statOf } from './sqlite-path.js'
@@ -139,6 +139,8 @@ class SqliteStatements {
   #get(sql: string): CachedStatement {
     let entry = this.#cache.get(sql)
     if (entry === undefined) {
+      // Checked on a miss only: a string was checked when it was cached.
+      if (typeof sql !== 'string') throw notSql(sql)
       const translated = toPositional(sql)
       const statement = this.#db.prepare(translated.sql)
       // Integers are read as numbers whatever the Database's default: an application's own

@@ -480,6 +480,25 @@ describe.each(targets)('$dialect driver conformance', (target) => {
 
   // SQLite stores a bound NaN as NULL without a word (a timestamp computed from a bad value
   // became "no timestamp"), where PostgreSQL refuses it for an integer column.
+  it('refuses SQL that is not a string, or params that are not an array, naming which', async () => {
+    for (const sql of [undefined, null, 42, { text: 'SELECT 1' }, ['SELECT 1']]) {
+      for (const error of [
+        await db.query(sql as never).catch((e: unknown) => e),
+        await db.transaction((tx) => tx.execute(sql as never)).catch((e: unknown) => e),
+      ]) {
+        expect(error, String(sql)).toBeInstanceOf(InvalidOptionError)
+        expect((error as InvalidOptionError).option).toBe('sql')
+      }
+    }
+    for (const params of [1, 'x', { 0: 1, length: 1 }]) {
+      const error = await db.query('SELECT $1 AS v', params as never).catch((e: unknown) => e)
+      expect(error, String(params)).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('params')
+    }
+    // The driver stays usable.
+    expect(await db.query('SELECT 1 AS v')).toEqual([{ v: 1 }])
+  })
+
   it('refuses NaN as a parameter instead of storing it as NULL', async () => {
     const t = await table(`id INTEGER PRIMARY KEY, ts ${bigint}`)
     await expect(
