@@ -269,12 +269,28 @@ async function runProxy(
       ...(isWorker ? { worker: cluster.worker?.id } : {}),
     },
   })
-  if (isWorker) return runWorker(logger, overrides, deps, early)
-  // Validates before anything starts; an invalid file is exit 2 through main.ts.
-  const { config, text } = await readProxyConfig(file, overrides)
-  if (config.workers > 1 && cluster.isPrimary)
-    return runPrimary(file, config, text, overrides, logger, output, deps, early)
-  return runSingle(file, config, overrides, logger, deps, early)
+  try {
+    if (isWorker) return await runWorker(logger, overrides, deps, early)
+    // Validates before anything starts; an invalid file is exit 2 through main.ts.
+    const { config, text } = await readProxyConfig(file, overrides)
+    if (config.workers > 1 && cluster.isPrimary)
+      return await runPrimary(file, config, text, overrides, logger, output, deps, early)
+    return await runSingle(file, config, overrides, logger, deps, early)
+  } catch (error) {
+    // proxyCommand writes the stderr line; the log gets it too (once: a start past its
+    // startTimeoutMs was logged by endTimedOutStart, which ends the process).
+    if (error instanceof StartupError) logStartFailure(logger, error)
+    throw error
+  }
+}
+
+/**
+ * A start that failed (exit 1), as a JSON error line whose `msg` is the stderr line without its
+ * prefix, as the relay and the saga worker log theirs: a log collector reads stdout only, and
+ * without it the proxy's log ended with no word of why the process went away.
+ */
+function logStartFailure(logger: Logger, error: StartupError): void {
+  logger.error(error.message)
 }
 
 /** A SIGHUP held from the command's start until its own handler is installed. */
@@ -392,7 +408,7 @@ async function runSingle(
     (signal) => logStoppedBeforeStart(logger, signal, 'proxy'),
   )
     .finally(() => signals.off('SIGHUP', onHup))
-    .catch((error: unknown) => endTimedOutStart(error, deps))
+    .catch((error: unknown) => endTimedOutStart(error, deps, logger))
   if (typeof outcome === 'number') return outcome
   logExit(logger, 'proxy exited', outcome, drained)
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
@@ -500,7 +516,7 @@ async function serveAsWorker(
   )
     .finally(() => process.off('SIGHUP', onHup))
     // Ended at once: the primary notices a worker that failed to start only once it exits.
-    .catch((error: unknown) => endTimedOutStart(error, deps))
+    .catch((error: unknown) => endTimedOutStart(error, deps, logger))
   if (typeof outcome === 'number') return outcome
   logExit(logger, 'worker exited', outcome, drained)
   return 0
@@ -688,7 +704,7 @@ async function runPrimary(
   )
     .finally(() => signals.off('SIGHUP', onHup))
     // No worker was forked yet: nothing to stop but this process.
-    .catch((error: unknown) => endTimedOutStart(error, deps))
+    .catch((error: unknown) => endTimedOutStart(error, deps, logger))
   if (typeof outcome === 'number') return outcome
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGKILL')
@@ -807,10 +823,12 @@ function startExitCode(error: unknown): number | undefined {
  * wait) holds its socket, and with it the process, open for as long as that step lasts. Any
  * other error is thrown on.
  */
-function endTimedOutStart(error: unknown, deps: ProxyCommandDeps): number {
-  const cause = error instanceof StartupError ? error.cause : undefined
+function endTimedOutStart(error: unknown, deps: ProxyCommandDeps, logger: Logger): number {
+  if (!(error instanceof StartupError)) throw error
+  const cause = error.cause
   if (!BreakwaterError.is(cause) || cause.code !== 'PROXY_START_TIMEOUT') throw error
-  ;(deps.stderr ?? process.stderr).write(`breakwater proxy: ${(error as Error).message}\n`)
+  logStartFailure(logger, error)
+  ;(deps.stderr ?? process.stderr).write(`breakwater proxy: ${error.message}\n`)
   ;(deps.exit ?? ((code: number) => process.exit(code)))(1)
   return 1
 }

@@ -6,7 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
+import { proxyCommand } from '../../src/cli/proxy.js'
 import { runCli } from '../process/cli-process.js'
+import { captureLog } from '../proxy/runtime/helpers.js'
 import { withTakenPort } from '../support/loopback.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-start-failure-'))
@@ -52,6 +54,29 @@ describe('breakwater proxy that cannot start', () => {
       expect(result.code, result.stdout + result.stderr).toBe(1)
       expect(result.stderr).toContain('EADDRINUSE')
       for (const line of shutdownLines) expect(messages(result.stdout)).not.toContain(line)
+    })
+  })
+})
+
+// The relay and the saga worker log a failed start as a JSON error line too (log collectors
+// read stdout, not stderr); a single-process proxy wrote only its stderr line.
+describe('breakwater proxy that cannot start, in one process', () => {
+  it('logs the stderr line as a JSON error line too', async () => {
+    await withTakenPort(async (port) => {
+      const file = join(dir, 'json-line.yaml')
+      writeFileSync(
+        file,
+        `services: { a: { endpoints: [http://127.0.0.1:9] } }\nlisteners: [{ name: out, role: ambassador, port: ${port} }]\n`,
+      )
+      const out = captureLog()
+      const err = captureLog()
+      expect(await proxyCommand(['--config', file], { stdout: out, stderr: err })).toBe(1)
+      const said = err
+        .text()
+        .replace(/^breakwater proxy: /, '')
+        .trimEnd()
+      expect(said).toMatch(/^cannot start: listeners\.out: .*EADDRINUSE/)
+      expect(out.lines().at(-1)).toMatchObject({ level: 'error', component: 'proxy', msg: said })
     })
   })
 })

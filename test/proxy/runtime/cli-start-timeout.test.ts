@@ -75,6 +75,12 @@ startTimeoutMs: 600000
       expect(cli.stderr()).toContain(
         'cannot start: startTimeoutMs (400 ms) passed while waiting for idempotency.url',
       )
+      // Logged as a JSON line too, once, before the process is ended at once.
+      const said = cli
+        .stdout()
+        .split('\n')
+        .filter((l) => l.includes('"level":"error"') && l.includes('cannot start: startTimeoutMs'))
+      expect(said).toHaveLength(1)
     } finally {
       cli.kill()
     }
