@@ -1,5 +1,5 @@
 import { maskQueryValues } from '../core/query-keys.js'
-import { userinfoSpan } from '../core/userinfo.js'
+import { hideBeforeAt, userinfoSpan } from '../core/userinfo.js'
 
 // Secret hiding for logs and messages. Two nets: field names that hold secrets (their values
 // are replaced whole), and secrets embedded in free text (URL credentials, `password=` pairs,
@@ -147,7 +147,8 @@ const mayHoldSecret =
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
- * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
+ * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`; written
+ * without `//`, `nats:user:pw@host` becomes `nats:***@host`, see maskSlashlessUserinfo),
  * `key=value` pairs whose key ends in a secret name (`password=`, `DB_PASSWORD=`, `token=`,
  * `x-api-key=`, as {@link isSecretKey} judges field names; a query key once percent-decoded,
  * `?pass%77ord=`), the values of secret-named members
@@ -185,7 +186,11 @@ const mayHoldSecret =
  */
 export function redactSecrets(text: string): string {
   if (!text.includes('@') && !text.includes('=') && !mayHoldSecret.test(text)) return text
-  const masked = maskQueryValues(maskUrlCredentials(text), isSecretQueryKey, queryValueEnd)
+  const masked = maskQueryValues(
+    maskSlashlessUserinfo(maskUrlCredentials(text)),
+    isSecretQueryKey,
+    queryValueEnd,
+  )
     .replace(jsonMembers, (match, key: string, colon: string) =>
       isSecretKey(key) ? `"${key}"${colon}"***"` : match,
     )
@@ -378,6 +383,50 @@ export function maskUrlCredentials(text: string, onScan?: (chars: number) => voi
     copied = start + run.length
   }
   return copied === 0 ? text : out + text.slice(copied)
+}
+
+// A run of text no URL ends inside (see urlRuns), and where a scheme may begin in one: at its
+// start or after a character no scheme holds.
+const textRuns = /[^\s"'<>`]+/g
+const schemeStart = /(?:^|[^a-z0-9+.-])([a-z][a-z0-9+.-]*):/gi
+
+/**
+ * Masks the userinfo of URLs written without `//` (`nats:user:pw@host`, `redis:/:pw@host`),
+ * which {@link maskUrlCredentials} does not see: everything between the scheme (and a single
+ * slash) and the `@` becomes `***`, by {@link hideBeforeAt}, as the broker and database
+ * refusals hide it (`nats:***@host`). Such a URL parses with no host and its credentials in the
+ * path, so it came through in log lines and CLI output whole. Only a run whose hidden part holds
+ * no `/` or `\` is taken, so paths (`file:/app/pkg@1.2.3`, `C:\app\pkg@1.2.3`) and `//` URLs
+ * (the pass before) are left alone, and so is `mailto:`, whose `@` is an address's. Each run of text is read a fixed
+ * number of times: linear in the length of `text`.
+ *
+ * @internal Use {@link redactSecrets}.
+ */
+export function maskSlashlessUserinfo(text: string): string {
+  if (!text.includes('@')) return text
+  return text.replace(textRuns, (run) => {
+    const firstAt = run.indexOf('@')
+    if (firstAt === -1) return run
+    // The `@` hideBeforeAt ends the userinfo at: the last before the query or fragment.
+    const query = run.slice(firstAt).search(/[?#]/)
+    const at = run.lastIndexOf('@', query === -1 ? run.length : firstAt + query)
+    // Backslashes too: a Windows path (C:\app\pkg@1.2.3) is no userinfo either.
+    const lastSlash = Math.max(run.lastIndexOf('/', at), run.lastIndexOf('\\', at))
+    schemeStart.lastIndex = 0
+    for (let match = schemeStart.exec(run); match !== null; match = schemeStart.exec(run)) {
+      const colon = match.index + match[0].length - 1
+      if (colon >= at) return run
+      // The userinfo begins after the colon, or after one slash (redis:/:pw@host), and holds
+      // no slash: a // URL, or a path, is none of this. A one-letter scheme is a drive's.
+      const begin = run[colon + 1] === '/' && run[colon + 2] !== '/' ? colon + 2 : colon + 1
+      if (begin <= lastSlash) continue
+      const scheme = match[1] as string
+      if (begin === at || scheme.length < 2 || scheme.toLowerCase() === 'mailto') return run
+      const from = colon - scheme.length
+      return run.slice(0, from) + hideBeforeAt(run.slice(from))
+    }
+    return run
+  })
 }
 
 // How to look for the `@` that ends a password the run stopped inside, at `stop` (the
