@@ -548,6 +548,7 @@ async function runPrimary(
     configText,
     // A reload is checked with the worker count in force (the file's, or --workers).
     loadConfig: () => readProxyConfig(file, { ...overrides, workers }),
+    file,
     logger: log,
     metrics,
   })

@@ -700,7 +700,7 @@ class ProxyRuntime implements ProxyInternals {
           this.#readConfig(yamlText, bound),
         ))
       } catch (error) {
-        return this.#reloadFailed(error)
+        return this.#reloadFailed(error, yamlText === undefined)
       }
       bound.limit(config.startTimeoutMs)
       try {
@@ -708,7 +708,7 @@ class ProxyRuntime implements ProxyInternals {
       } catch (error) {
         // Not in force (a port in use): the next event tries the same text again.
         if (fromFile) this.#fileText = undefined
-        return this.#reloadFailed(error)
+        return this.#reloadFailed(error, fromFile === true)
       }
       this.#reloaded(config, previous, yamlText, fromFile)
       return undefined
@@ -733,7 +733,9 @@ class ProxyRuntime implements ProxyInternals {
     log.info('config reloaded', { services: [...config.services.keys()] })
   }
 
-  #reloadFailed(error: unknown): ConfigInvalidError {
+  // `fromFile`: the refused config was (to be) read from the config file, which the log line
+  // then names (not a text given to reload(), nor a config object).
+  #reloadFailed(error: unknown, fromFile: boolean): ConfigInvalidError {
     this.#metrics.reloadFailures.inc()
     const invalid =
       error instanceof ConfigInvalidError
@@ -748,7 +750,11 @@ class ProxyRuntime implements ProxyInternals {
               column: undefined,
             },
           ])
+    const source = this.#source
     this.#deps.logger.error('config reload refused; the running config stays in force', {
+      // Which file to fix, when several proxies run on a host (the problems' own names are
+      // paths inside it).
+      ...(fromFile && source.kind === 'file' ? { file: source.file } : {}),
       code: invalid.code,
       // As --check prints them, with the line and column: the operator reading the log
       // finds the place without running --check.

@@ -382,6 +382,12 @@ export interface ClusterBackendOptions {
    * config and the text it was parsed from (the text is what the workers get).
    */
   readonly loadConfig: () => Promise<{ readonly config: ProxyConfig; readonly text: string }>
+  /**
+   * The path of the config file `loadConfig` reads, given as `file` in the lines of a refused
+   * reload: with several proxies on a host, the line must say which file to fix.
+   * @default undefined (not named)
+   */
+  readonly file?: string | undefined
   /** Where the primary logs (reloads, refused reloads). */
   readonly logger: Logger
   /** The primary's own registry (reload counters), rendered with the workers' metrics. */
@@ -453,6 +459,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const clock = checkClock('clock', options.clock)
   const timeoutMs = checkInteger('commandTimeoutMs', options.commandTimeoutMs ?? 10_000, 1, 600_000)
   const log = options.logger
+  if (options.file !== undefined && typeof options.file !== 'string')
+    throw new InvalidOptionError('file', 'the path of the config file', options.file)
+  const fileField = options.file === undefined ? {} : { file: options.file }
   const workers = new Map<number, WorkerEntry>()
   const pending = new Map<
     number,
@@ -740,6 +749,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
               },
             ])
       log.error('config reload refused; the running config stays in force', {
+        ...fileField,
         code: invalid.code,
         // As --check prints them, with the line and column: the operator reading the log
         // finds the place without running --check.
@@ -781,6 +791,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       const error = failed[0]?.error as Error
       reloadFailures.inc()
       log.error('no worker applied the reload; the running config stays in force', {
+        ...fileField,
         workers: report(),
       })
       const refused =

@@ -95,6 +95,8 @@ ${admin}`
     const line = log.lines().find((l) => l.msg === refusedMsg)
     expect(line?.problemCount).toBe(120)
     expect(line?.problems).toHaveLength(51)
+    // The file refused: with several proxies on one host the line said nothing of which file.
+    expect(line?.file).toBe(file)
     // Each problem as --check prints it, with where it is: the log line gave path and message
     // only, so an operator reading a refused reload had to run --check to find the line.
     expect((line?.problems as string[] | undefined)?.[0]).toBe(
@@ -110,6 +112,7 @@ ${admin}`
         config: parseProxyConfig(inForce, 'file'),
         configText: inForce,
         loadConfig: async () => next(),
+        file: '/etc/breakwater/proxy.yaml',
         logger: createJsonLogger({ output: log, level: 'debug' }),
         metrics: createMetricsRegistry(),
         clock: new ManualClock(0),
@@ -134,6 +137,7 @@ ${admin}`
       const line = log.lines().find((l) => l.msg === refusedMsg)
       expect(line?.problemCount).toBe(2_000)
       expect(line?.problems).toHaveLength(51)
+      expect(line?.file).toBe('/etc/breakwater/proxy.yaml')
       expect((line?.problems as string[] | undefined)?.[0]).toMatch(
         /^unknown0: unknown key \(not part of the proxy config\) \(line \d+, column 1\)$/,
       )
@@ -142,7 +146,7 @@ ${admin}`
     it("gives a worker's full count once the primary revived its refusal", async () => {
       // The file passes the primary's checks; each worker refuses to apply it with 2,000
       // problems, sent over the channel as serveWorkerCommands sends a ConfigInvalidError.
-      const { backend } = primary(() => ({
+      const { backend, log } = primary(() => ({
         config: parseProxyConfig(twoWorkersYaml, 'file'),
         text: twoWorkersYaml,
       }))
@@ -168,6 +172,10 @@ ${admin}`
         listed: 51,
         last: { path: '(more)', message: '... and 1950 more problems' },
       })
+      const line = log
+        .lines()
+        .find((l) => l.msg === 'no worker applied the reload; the running config stays in force')
+      expect(line?.file).toBe('/etc/breakwater/proxy.yaml')
     })
   })
 })
