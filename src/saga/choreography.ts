@@ -15,6 +15,7 @@ import {
   type OutboxEvent,
 } from '../outbox/index.js'
 import { headerValueProblem } from '../outbox/outbox.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { deliverReply } from './admin.js'
 import type {
@@ -270,8 +271,7 @@ export function sagaReplyHandler(
   db: SqlDriver,
   options: SagaReplyHandlerOptions = {},
 ): (message: IncomingMessage) => Promise<void> {
-  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  checkSqlDriver('db', db, 'a SqlDriver')
   checkObject('options', options)
   // A misspelt option (`onIgnore`) was dropped without a word: ignored replies went unreported.
   checkSagaOptions('options', options, replyHandlerOptions)
@@ -440,8 +440,7 @@ export function createReactor(
   // A misspelt option (`traker`) was dropped without a word: the flow went untracked.
   checkSagaOptions('options', options, reactorOptions)
   const db = options.db
-  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  checkSqlDriver('db', db, 'a SqlDriver')
   if (typeof options.consumer !== 'string' || options.consumer === '')
     throw new InvalidOptionError('consumer', 'a non-empty string', options.consumer)
   if (typeof options.outbox?.enqueue !== 'function')

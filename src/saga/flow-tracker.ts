@@ -10,6 +10,7 @@ import {
   maxStoredIdBytes,
 } from '../core/text.js'
 import { checkClock, checkInteger, checkNumber, checkObject, optionKeys } from '../core/validate.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import {
   parseStoredJson,
   readStoredNumber,
@@ -372,8 +373,7 @@ class SqlFlowTracker implements FlowTracker {
     // A misspelt option (`clok`) was dropped without a word: its default was used instead.
     checkSagaOptions('options', options, trackerOptions)
     const db = options.db
-    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-      throw new InvalidOptionError('db', 'a SqlDriver', db)
+    checkSqlDriver('db', db, 'a SqlDriver')
     this.#db = db
     checkFlows(options.flows)
     // No flow to place events in: state() would call every correlation id undeclared and

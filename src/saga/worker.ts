@@ -19,6 +19,7 @@ import {
   optionKeys,
 } from '../core/validate.js'
 import { EventSource, TimeoutError } from '../index.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import { readStoredNumber, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import { currentTransaction } from '../stores/transaction-context.js'
@@ -329,8 +330,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     // A misspelt option (`leaseMS`) was dropped without a word: its default was used instead.
     checkSagaOptions('options', options, workerOptions)
     const db = options.db
-    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-      throw new InvalidOptionError('db', 'a SqlDriver (openDatabase)', db)
+    checkSqlDriver('db', db, 'a SqlDriver (openDatabase)')
     this.db = db
     if (!Array.isArray(options.sagas) || options.sagas.length === 0)
       throw new InvalidOptionError('sagas', 'a non-empty array of saga definitions', options.sagas)
