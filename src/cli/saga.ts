@@ -35,7 +35,8 @@ const usage = `usage: breakwater saga <command> [options] [--db <url>]
 
 commands:
   list [--status <status>] [--name <name>] [--limit <n>] [--json] [--module <file>]
-                       list instances, newest first
+                       list instances, newest first: at most --limit (default 50; a
+                       line under the table says when more match)
   show <id> [--json] [--module <file>]
                        print an instance and its timeline (each step, attempt, error,
                        compensation)
@@ -80,6 +81,9 @@ interface Parsed {
   /** list, show: the module whose definitions instances are checked against. */
   readonly module: string | undefined
 }
+
+// The most instances `saga list` shows: listSagas' own cap.
+const maxListLimit = 100_000
 
 const valueFlags = new Set([
   '--db',
@@ -152,8 +156,8 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   const limitText = values.get('--limit')
   const limit = limitText === undefined ? 50 : Number(limitText)
   // Digits only: Number() would also take 0x10, 1e2, 1.0 and ' 5'.
-  if ((limitText !== undefined && !/^\d+$/.test(limitText)) || limit < 1 || limit > 100_000) {
-    throw new UsageError(`--limit must be an integer from 1 to 100000, got "${limitText}"`)
+  if ((limitText !== undefined && !/^\d+$/.test(limitText)) || limit < 1 || limit > maxListLimit) {
+    throw new UsageError(`--limit must be an integer from 1 to ${maxListLimit}, got "${limitText}"`)
   }
   return {
     command: cmd,
@@ -220,13 +224,29 @@ async function execute(
       return withModule(parsed, err, async (definitions) => {
         const given = definitions === undefined ? {} : { definitions }
         if (parsed.command === 'list') {
-          const sagas = await listSagas(db, {
+          // One more than shown, to tell whether more match: the first --limit read as all of
+          // them (`--status failed` counted 50 parked sagas where 73 were). At the library's
+          // cap of 100000 the one more cannot be read, and the note says more may match.
+          const read = await listSagas(db, {
             ...(parsed.status === undefined ? {} : { status: parsed.status }),
             ...(parsed.name === undefined ? {} : { name: parsed.name }),
-            limit: parsed.limit,
+            limit: Math.min(parsed.limit + 1, maxListLimit),
             ...given,
           })
-          out.write(parsed.json ? `${redactedJson(sagas)}\n` : formatList(sagas, definitions))
+          const sagas = read.slice(0, parsed.limit)
+          if (parsed.json) {
+            // A bare array, as before: a script reads --limit instances at most.
+            out.write(`${redactedJson(sagas)}\n`)
+            return 0
+          }
+          out.write(formatList(sagas, definitions))
+          if (
+            read.length > parsed.limit ||
+            (parsed.limit === maxListLimit && read.length === parsed.limit)
+          )
+            out.write(
+              `(the newest ${parsed.limit}; more instances ${read.length > parsed.limit ? 'match' : 'may match'}: give a larger --limit, or filter with --status or --name)\n`,
+            )
           return 0
         }
         const id = parsed.id!
