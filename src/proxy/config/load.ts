@@ -297,6 +297,10 @@ export function validateProxyDocument(
         return
       }
     }
+    if (value === null && issue.code === 'invalid_type' && issue.expected === 'object') {
+      push(path, nullSectionProblem(path), locate(path))
+      return
+    }
     push(path, `expected ${issue.message}, got ${describe(path, value)}`, locate(path))
   }
   for (const problem of early)
@@ -595,6 +599,62 @@ function isSecretPath(path: readonly (string | number)[]): boolean {
   return path.some(
     (part) => typeof part === 'string' && (secretKeys.has(part.toLowerCase()) || isSecretKey(part)),
   )
+}
+
+/**
+ * The problem of a section given as null (`retry: ~`, or `retry:` with nothing after it). Null
+ * is refused for every section rather than read as left out or as `{}`: for a section that is
+ * off unless given (retry, circuitBreaker, outlierEjection, admin...) those two readings are
+ * opposite, so the refusal says how to write each.
+ */
+function nullSectionProblem(path: readonly (string | number)[]): string {
+  const key = String(path[path.length - 1])
+  const head = 'expected a mapping, got null (an empty value)'
+  const schema = schemaAt(path)
+  if (schema?._zod.def.type === 'default')
+    return `${head}: leave ${key} out for its defaults, or give its settings`
+  const inner = (schema?._zod.def as { innerType?: z.ZodType } | undefined)?.innerType
+  // `{}` is worth offering when it turns something on: some setting has a default, and none
+  // is required (`discovery: {}` or `auth: {}` would do nothing).
+  const fields = Object.values(
+    (inner?._zod.def as { shape?: Record<string, z.ZodType> } | undefined)?.shape ?? {},
+  ).map((field) => field._zod.def.type)
+  const empty =
+    fields.includes('default') && fields.every((type) => type === 'default' || type === 'optional')
+  return `${head}: leave ${key} out to go without it${empty ? `, or write "${key}: {}" for its defaults` : ', or give its settings'}`
+}
+
+/** The zod schema of the setting at `path` of the config, wrappers kept; undefined if none. */
+function schemaAt(path: readonly (string | number)[]): z.ZodType | undefined {
+  let schema: z.ZodType | undefined = proxyConfigSchema
+  for (const part of path) {
+    // Looks through the wrappers of the levels above the last (optional, default, a record's
+    // values, a list's items); the last level keeps its own, which say what leaving it out means.
+    for (;;) {
+      const def = schema?._zod.def as
+        | {
+            type: string
+            innerType?: z.ZodType
+            shape?: Record<string, z.ZodType>
+            valueType?: z.ZodType
+            element?: z.ZodType
+          }
+        | undefined
+      if (def === undefined) return undefined
+      if (def.type === 'optional' || def.type === 'default') schema = def.innerType
+      else if (def.type === 'object') {
+        schema = typeof part === 'string' ? def.shape?.[part] : undefined
+        break
+      } else if (def.type === 'record') {
+        schema = def.valueType
+        break
+      } else if (def.type === 'array') {
+        schema = typeof part === 'number' ? def.element : undefined
+        break
+      } else return undefined
+    }
+  }
+  return schema
 }
 
 /** The `got ...` half of a problem: the value, never a secret. */

@@ -87,3 +87,32 @@ describe('outlierEjection.maxEjectionMs', () => {
     expect(durations).toEqual([1_000, 2_000, 2_500, 2_500])
   })
 })
+
+// `retry:` with nothing after it, and `retry: ~`, are YAML's null. Read as "the defaults" it
+// would turn retries on, read as "left out" it would turn them off: the two readings are
+// opposite, so null stays refused, as for every section of the file, and the refusal says what
+// to write for each.
+describe('a section given as null', () => {
+  it.each(['retry: null', 'retry: ~', 'circuitBreaker: null', 'outlierEjection: ~'])(
+    '%s is refused, saying how to turn it off and how to take its defaults',
+    (setting) => {
+      const key = setting.split(':')[0] as string
+      expect(problems(file(setting))).toEqual([
+        `services.a.${key}: expected a mapping, got null (an empty value): leave ${key} out to go without it, or write "${key}: {}" for its defaults`,
+      ])
+    },
+  )
+
+  it('a section on by default says that leaving it out keeps its defaults', () => {
+    expect(problems(file('timeouts: ~'))).toEqual([
+      'services.a.timeouts: expected a mapping, got null (an empty value): leave timeouts out for its defaults, or give its settings',
+    ])
+  })
+
+  it('an empty key reads as null too', () => {
+    const text = `services:\n  a:\n    endpoints: [http://127.0.0.1:3001]\n    retry:\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`
+    expect(problems(text)[0]).toMatch(
+      /^services\.a\.retry: expected a mapping, got null \(an empty value\): leave retry out to go without it/,
+    )
+  })
+})
