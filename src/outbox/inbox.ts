@@ -10,6 +10,7 @@ import {
   optionKeys,
 } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { PoisonMessageError, unstorableIdReason } from './errors.js'
 import { inboxStatements } from './sql.js'
@@ -232,8 +233,7 @@ export function inboxHandler(
   fn: (tx: SqlTransaction, message: IncomingMessage) => Promise<void>,
   options: Omit<InboxOptions, 'consumer'> = {},
 ): (message: IncomingMessage) => Promise<void> {
-  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  checkSqlDriver('db', db, 'a SqlDriver')
   checkFunction('fn', fn)
   checkObject('options', options)
   // The argument silently won over it: one of the two names was ignored without a word.

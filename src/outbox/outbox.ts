@@ -17,6 +17,7 @@ import {
   checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
+import { checkSqlDriver } from '../stores/check-driver.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { defaultMaxPayloadBytes, oversizeBytes, PayloadTooLargeError } from './errors.js'
 import { partitionOf } from './partition.js'
@@ -287,8 +288,7 @@ class SqlOutbox implements Outbox {
   }
 
   async transaction<T>(db: SqlDriver, fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
-      throw new InvalidOptionError('db', 'a SqlDriver', db)
+    checkSqlDriver('db', db, 'a SqlDriver')
     if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'a function', fn)
     const state = { enqueued: false }
     const result = await db.transaction((tx) => {
