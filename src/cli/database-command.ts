@@ -14,7 +14,7 @@ import {
   openExistingDatabase,
 } from './existing-database.js'
 import { tooNewLine } from './process-support.js'
-import { messageOf, UsageError, wantsHelp } from './usage.js'
+import { messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
 export interface TextSink {
@@ -94,9 +94,9 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
     parsed = command.parse(args, env)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    // Redacted here, once, for every parser: a message quotes the argument at fault, and a
+    // Redacted (and made one line) here, once, for every parser: a message quotes the argument at fault, and a
     // database URL given without --db (`saga list postgres://app:pw@db/app`) is such an argument.
-    err.write(`${prefix} ${redactSecrets(error.message)}\n\n${command.usage}`)
+    err.write(`${prefix} ${oneLine(error.message)}\n\n${command.usage}`)
     return 2
   }
   const url = redactSecrets(parsed.url)
@@ -108,7 +108,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   } catch (error) {
     const bad = badDatabaseArgument(error, databaseUrlSource(parsed.url, env))
     if (bad !== undefined) {
-      err.write(`${prefix} ${bad}\n`)
+      err.write(`${prefix} ${oneLine(bad)}\n`)
       return 2
     }
     err.write(`${prefix} cannot open ${url}: ${redactSecrets(messageOf(error))}\n`)

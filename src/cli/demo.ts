@@ -14,7 +14,7 @@ import type { SignalTarget } from '../process/index.js'
 // The parser alone: the drivers load only when a database is opened.
 import { parseDatabaseUrl } from '../stores/open.js'
 import { type HeldSignals, holdSignals } from './held-signals.js'
-import { wantsHelp } from './usage.js'
+import { oneLine, wantsHelp } from './usage.js'
 
 /** The defaults of a plain `npm start`: 45 s of load at 5 orders/s with the default chaos. */
 const shopDefaults = {
@@ -420,7 +420,7 @@ async function runDemo(args: string[], deps: DemoCommandDeps, held: HeldSignals)
   if (typeof parsed === 'string') {
     // Redacted here for both parsers: a message quotes the argument at fault, which may be a
     // database URL (`demo policies --db=postgres://app:pw@db/app`).
-    process.stderr.write(`breakwater demo: ${redactSecrets(parsed)}\n\n${usage}`)
+    process.stderr.write(`breakwater demo: ${oneLine(parsed)}\n\n${usage}`)
     return 2
   }
   if ('help' in parsed) {

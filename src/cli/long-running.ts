@@ -17,7 +17,7 @@ import {
 } from './existing-database.js'
 import { type HeldSignals, runHandedOver } from './held-signals.js'
 import { checkMigrated, StartupError } from './process-support.js'
-import { messageOf, UsageError } from './usage.js'
+import { messageOf, oneLine, UsageError } from './usage.js'
 
 // The life of a long-running command (`breakwater relay`, `breakwater saga worker`): start
 // what it needs, in order, run until SIGTERM or SIGINT, drain, close everything in reverse,
@@ -417,12 +417,12 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     }
     if (startupFailure !== undefined) return startupFailure
     if (error instanceof UsageError) {
-      err.write(`breakwater ${name}: ${redactSecrets(error.message)}\n\n${command.usage ?? ''}`)
+      err.write(`breakwater ${name}: ${oneLine(error.message)}\n\n${command.usage ?? ''}`)
       return 2
     }
     if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
       err.write(
-        `breakwater ${name}: ${command.invalidOptionPrefix ?? ''}${redactSecrets(error.message)}\n`,
+        `breakwater ${name}: ${command.invalidOptionPrefix ?? ''}${oneLine(error.message)}\n`,
       )
       return 2
     }

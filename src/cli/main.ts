@@ -7,12 +7,10 @@
 // First of all, for its side effect: SIGTERM, SIGINT and SIGHUP held before the rest loads.
 import './signals-at-start.js'
 import { BreakwaterError } from '../core/errors.js'
-// The module itself, not observability/index.js: main loads nothing a command does not need.
-import { redactSecrets } from '../observability/redact.js'
 import { type HeldSignals, holdSignals } from './held-signals.js'
 import { commandFinished, takeHeldAtStart } from './signals-at-start.js'
 import { StartupError } from './startup-error.js'
-import { packageVersion, wantsHelp } from './usage.js'
+import { oneLine, packageVersion, wantsHelp } from './usage.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
 type Command = (args: string[]) => Promise<number>
@@ -99,7 +97,7 @@ async function versionCommand(args: string[]): Promise<number> {
   }
   if (args.length > 0) {
     process.stderr.write(
-      `breakwater version: takes no arguments, got "${redactSecrets(args[0]!)}"\n\n${usage()}`,
+      `breakwater version: takes no arguments, got "${oneLine(args[0]!)}"\n\n${usage()}`,
     )
     return 2
   }
@@ -151,7 +149,7 @@ async function main(argv: string[]): Promise<number> {
 async function runCommand(name: string, args: string[]): Promise<number> {
   const command = Object.hasOwn(commands, name) ? commands[name] : undefined
   if (command === undefined) {
-    process.stderr.write(`breakwater: unknown command "${redactSecrets(name)}"\n\n${usage()}`)
+    process.stderr.write(`breakwater: unknown command "${oneLine(name)}"\n\n${usage()}`)
     return 2
   }
   return (await command.load(args))(args)

@@ -15,7 +15,7 @@ import {
   databaseUrlEnvironmentHelp,
   tooNewLine,
 } from './process-support.js'
-import { messageOf, UsageError, wantsHelp } from './usage.js'
+import { messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {
@@ -95,7 +95,7 @@ export async function migrateCommand(
       values.set('--db', value)
     } else {
       // Not redactUrl: the argument is not always a bare URL (`--dbx=postgres://app:pw@db/app`).
-      err.write(`breakwater migrate: unknown argument "${redactSecrets(arg)}"\n\n${usage}`)
+      err.write(`breakwater migrate: unknown argument "${oneLine(arg)}"\n\n${usage}`)
       return 2
     }
   }
@@ -112,7 +112,7 @@ export async function migrateCommand(
     )
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater migrate: ${error.message}\n\n${usage}`)
+    err.write(`breakwater migrate: ${oneLine(error.message)}\n\n${usage}`)
     return 2
   }
   let db: Awaited<ReturnType<typeof openAnsweringDatabase>>
@@ -124,7 +124,7 @@ export async function migrateCommand(
       databaseUrlSource(url, env),
     )
     if (bad !== undefined) {
-      err.write(`breakwater migrate: ${bad}\n`)
+      err.write(`breakwater migrate: ${oneLine(bad)}\n`)
       return 2
     }
     err.write(

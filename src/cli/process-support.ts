@@ -11,7 +11,7 @@ import { sqliteUrlDefect } from '../stores/open.js'
 import { postgresUrlDefect, unparsablePostgresUrl } from '../stores/postgres.js'
 import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
 import { StartupError } from './startup-error.js'
-import { addSwitch, UsageError } from './usage.js'
+import { addSwitch, oneLine, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
 // integer flags, reading optional environment variables, failing at start with a message an
@@ -108,7 +108,9 @@ export function checkDatabaseUrl(value: string, source: string): void {
     const wanted = /^postgres(ql)?:\/\/./i.test(value)
       ? postgresWanted(value)
       : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
-    throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
+    // Escaped here, not only where it is printed: every command quotes this message, the relay
+    // too, and a pasted line ending is the very fault the sqlite: message asks about.
+    throw new UsageError(`${source}: expected ${wanted}, got "${oneLine(value)}"`)
   }
 }
 

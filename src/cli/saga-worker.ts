@@ -6,7 +6,6 @@ import {
   createMetricsRegistry,
   type Logger,
   type LogThreshold,
-  redactSecrets,
 } from '../observability/index.js'
 import {
   createSagaWorker,
@@ -36,7 +35,7 @@ import {
   readFlags,
   StartupError,
 } from './process-support.js'
-import { messageOf, UsageError, wantsHelp } from './usage.js'
+import { messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /**
  * What `sagaWorkerCommand` needs besides its arguments; `BREAKWATER_DB_URL` and
@@ -311,7 +310,7 @@ export async function sagaWorkerCommand(
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater saga worker: ${redactSecrets(error.message)}\n\n${usage}`)
+    err.write(`breakwater saga worker: ${oneLine(error.message)}\n\n${usage}`)
     return 2
   }
 

@@ -24,7 +24,7 @@ import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './d
 import { parseDuration } from './duration.js'
 import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
-import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
+import { addSwitch, counted, oneLine, redactedJson, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
@@ -330,7 +330,7 @@ async function withModule(
   read: (definitions: Definitions | undefined) => Promise<number>,
 ): Promise<number> {
   const usageError = (message: string) => {
-    err.write(`breakwater saga: ${redactSecrets(message)}\n\n${usage}`)
+    err.write(`breakwater saga: ${oneLine(message)}\n\n${usage}`)
     return 2
   }
   let definitions: Definitions | undefined

@@ -5,9 +5,20 @@ import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { redactSecrets } from '../observability/redact.js'
+import { printable } from './printable.js'
 
 /** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
 export class UsageError extends Error {}
+
+/**
+ * `message` as one line of stderr: its secrets masked, then its control characters and line
+ * separators escaped (`\r`, `\n`, `\u001b`). A message quotes the argument at fault, and an
+ * argument may hold one: a URL read from a CRLF file ends in `\r`, which sent the rest of the
+ * line over its start, and a `\n` split it in two.
+ */
+export function oneLine(message: string): string {
+  return printable(redactSecrets(message))
+}
 
 /**
  * An error's message, or the thrown value as text. An AggregateError (a connect that failed on
