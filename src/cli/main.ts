@@ -136,9 +136,11 @@ async function main(argv: string[]): Promise<number> {
   if (name === '--help' || name === '-h' || name === 'help') {
     // `help relay` is the relay's usage, and `help saga worker` the worker's: ignoring the
     // words would answer another question.
-    // `help help` is this usage: `help` is no command of its own.
-    if (name === 'help' && rest.length > 0 && rest[0] !== 'help')
-      return runCommand(rest[0]!, [...rest.slice(1), '--help'])
+    // `help help` is this usage: `help` is no command of its own; so are `help --help` and
+    // `help -h`, and `help --version` is the version command's (they were unknown commands).
+    const about = rest[0] === '--version' || rest[0] === '-V' ? 'version' : rest[0]
+    if (name === 'help' && about !== undefined && !['help', '--help', '-h'].includes(about))
+      return runCommand(about, [...rest.slice(1), '--help'])
     process.stdout.write(usage())
     return 0
   }

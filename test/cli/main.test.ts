@@ -100,3 +100,20 @@ describe('help as the first word, as wantsHelp reads it for every command', () =
     expect(result.stderr).toBe('')
   })
 })
+
+describe('breakwater help with a flag for the command', () => {
+  // `help --help` and `help -h` ask about help itself, as `help help` does; `help --version` and
+  // `help -V` about the version command those flags stand for. Each was taken for the name of
+  // a command: `unknown command "--help"`, exit 2.
+  it.each([
+    [['help', '--help'], 'usage: breakwater <command>'],
+    [['help', '-h'], 'usage: breakwater <command>'],
+    [['help', '--version'], 'usage: breakwater version'],
+    [['help', '-V'], 'usage: breakwater version'],
+  ])('%j prints the usage on stdout, exit 0', async (args, usage) => {
+    const result = await runCli(args)
+    expect(result.stderr).toBe('')
+    expect(result.code).toBe(0)
+    expect(result.stdout).toContain(usage)
+  })
+})
