@@ -7,12 +7,18 @@ import {
   type BreakerWindowOptions,
   createBreakerWindow,
 } from './breaker-windows.js'
-import { parentOf } from './cancel-scope.js'
+import {
+  type AbortListener,
+  type CancelParent,
+  listen,
+  parentOf,
+  unlisten,
+} from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
-import { currentDeadline } from './deadline.js'
+import { currentDeadline, currentDeadlineScope } from './deadline.js'
 import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
+import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
 import {
   fnRefusal,
   optional,
@@ -69,7 +75,8 @@ export type CircuitBreakerEvent =
        * deadline passed before it ended (before `slowCallMs`), or an inner bulkhead refused it
        * (its outcome says nothing about the downstream; such a probe frees its slot for
        * another probe), or it is `stale`. `error` is what the call threw, undefined when it
-       * returned.
+       * returned. A half-open probe cut off by its caller is reported when the cut comes, not
+       * when fn settles (its slot is given back then), with the abort's reason as `error`.
        */
       readonly type: 'ignored'
       readonly error: unknown
@@ -356,7 +363,12 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     this.#cooldownMs = this.#baseCooldownMs
     this[fusedStep] = {
       enter: () => {
-        if (this.#state !== 'closed') this.#admit()
+        if (this.#state !== 'closed') {
+          // A probe takes the promise-based path, which hears of an abort while fn runs (see
+          // ProbeWatch); a refusal is made here as on that path.
+          if (this.#wouldProbe()) return slowPath
+          this.#admit()
+        }
         return this.#epoch
       },
       exitValue: (call, _layer, epoch) => this.#onValue(epoch, call.startMs),
@@ -413,17 +425,22 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     // state (as by every policy), and is neither a probe nor a rejection of an open circuit.
     const parent = parentOf(context)
     if (parent?.aborted) return Promise.reject(abortFailure(parent.reason, false))
+    let probe = false
     try {
-      if (this.#state !== 'closed') this.#admit()
+      if (this.#state !== 'closed') probe = this.#admit()
     } catch (error) {
       return Promise.reject(error)
     }
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
+    const watch = probe
+      ? ProbeWatch.start(parent, (reason) => this.#probeCutOff(epoch, startMs, reason))
+      : undefined
     let result: PromiseLike<T> | T
     try {
       result = next(fn, context)
     } catch (error) {
+      if (watch?.settled() === true) return Promise.reject(error)
       try {
         this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
       } catch (bookkeeping) {
@@ -433,14 +450,33 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     }
     return Promise.resolve(result).then(
       (value) => {
-        this.#onValue(epoch, startMs)
+        if (watch?.settled() !== true) this.#onValue(epoch, startMs)
         return value
       },
       (error: unknown) => {
-        this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
+        if (watch?.settled() !== true)
+          this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
         throw error
       },
     )
+  }
+
+  /**
+   * Records a probe its caller cut off (its signal aborted, its deadline passed) at once, as it
+   * would be recorded had fn failed then: slow when it already ran `slowCallMs`, else ignored,
+   * which gives its slot back. Waiting for fn instead would keep the slot for good when fn
+   * ignores its signal, and with it refuse every call while the circuit stays half-open.
+   */
+  #probeCutOff(epoch: number, startMs: number, reason: unknown): void {
+    const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
+    this.#onOutcome(epoch, slow ? 'slow' : 'ignored', reason)
+  }
+
+  // True when #admit would admit a call as a probe (moving an open circuit whose cooldown has
+  // ended to half-open first).
+  #wouldProbe(): boolean {
+    if (this.#state === 'open') return this.#clock.now() >= this.#openUntilMs
+    return this.#state === 'half-open' && this.#probes < this.#halfOpenProbes
   }
 
   #onValue(epoch: number, startMs: number): void {
@@ -579,5 +615,58 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
       this.#clock.clearTimeout(this.#timer)
       this.#timer = undefined
     }
+  }
+}
+
+// Watches a running probe for its caller cutting it off: the caller's signal (or the scope of
+// an outer policy, whose timeout running out is such a cut) and the deadline it runs under.
+// Probes are rare (halfOpenProbes per cooldown), so this costs nothing on the common path.
+// Whichever comes first decides the probe's outcome: the cut (then fn's later outcome, if any,
+// is not recorded or reported again) or fn settling.
+class ProbeWatch implements AbortListener {
+  readonly #cutOff: (reason: unknown) => void
+  readonly #parent: CancelParent | undefined
+  readonly #deadline: CancelParent | undefined
+  #done = false
+
+  private constructor(
+    cutOff: (reason: unknown) => void,
+    parent: CancelParent | undefined,
+    deadline: CancelParent | undefined,
+  ) {
+    this.#cutOff = cutOff
+    this.#parent = parent
+    this.#deadline = deadline
+  }
+
+  /** Starts watching; undefined when nothing can cut the probe off. */
+  static start(
+    parent: CancelParent | undefined,
+    cutOff: (reason: unknown) => void,
+  ): ProbeWatch | undefined {
+    // A deadline already passed is left to fn's own outcome (inner policies refuse the call
+    // with started: false): listening would abort its scope here, inside the admission.
+    const scope = currentDeadlineScope()
+    const deadline = scope !== undefined && scope.remainingMs() > 0 ? scope : undefined
+    if (parent === undefined && deadline === undefined) return undefined
+    const watch = new ProbeWatch(cutOff, parent, deadline)
+    listen(parent, watch)
+    listen(deadline, watch)
+    return watch
+  }
+
+  parentAborted(reason: unknown): void {
+    if (this.#done) return
+    this.settled()
+    this.#cutOff(reason)
+  }
+
+  /** fn settled, or the caller cut the probe off: true when the cut came first. */
+  settled(): boolean {
+    if (this.#done) return true
+    this.#done = true
+    unlisten(this.#parent, this)
+    unlisten(this.#deadline, this)
+    return false
   }
 }

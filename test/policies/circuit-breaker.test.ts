@@ -392,6 +392,75 @@ describe('circuitBreaker: half-open', () => {
     expect(breaker.state).toBe('closed')
   })
 
+  // A probe whose fn ignores its signal never settles: the breaker must not wait for it to give
+  // the slot back, or every later call is refused for good. Direct, fused (a pipeline without a
+  // timeout keeps a caller's signal on the fused path), under an outer timeout that runs out
+  // (the probe's own time limit) and under a deadline that passes.
+  const never = (): Promise<never> => new Promise<never>(() => {})
+  it.each([
+    [
+      'direct',
+      (_clock: ManualClock, breaker: Policy, signal: AbortSignal) => breaker.execute(never, signal),
+    ],
+    [
+      'fused',
+      (_clock: ManualClock, breaker: Policy, signal: AbortSignal) =>
+        pipeline(breaker).execute(never, signal),
+    ],
+    [
+      'under a timeout',
+      (clock: ManualClock, breaker: Policy) =>
+        pipeline(timeout(100, { clock }), breaker).execute(never),
+    ],
+    [
+      'under a deadline',
+      (clock: ManualClock, breaker: Policy) =>
+        withDeadline(100, () => breaker.execute(never), { clock }),
+    ],
+  ] as const)(
+    'a probe cut off by its caller (%s) gives its slot back although fn never settles',
+    async (_, run) => {
+      const { clock, breaker, events } = await toHalfOpen()
+      const controller = new AbortController()
+      void run(clock, breaker, controller.signal)
+      await expect(breaker.execute(ok)).rejects.toThrow(BrokenCircuitError)
+      events.length = 0
+      controller.abort(new Error('caller gave up'))
+      await clock.advance(100)
+      expect(events).toMatchObject([{ type: 'ignored' }])
+      expect(breaker.state).toBe('half-open')
+      await expect(breaker.execute(ok)).resolves.toBe('ok')
+      expect(breaker.state).toBe('closed')
+    },
+  )
+
+  it('a never-settling probe cut off after slowCallMs counts as slow at the abort', async () => {
+    const { clock, breaker, events } = await toHalfOpen({ slowCallMs: 50 })
+    const controller = new AbortController()
+    void breaker.execute(never, controller.signal)
+    await clock.advance(50)
+    events.length = 0
+    controller.abort()
+    expect(events).toMatchObject([
+      { type: 'failure', reason: 'slow' },
+      { type: 'stateChange', from: 'half-open', to: 'open' },
+    ])
+  })
+
+  it('a probe is reported once, at the abort, when fn settles after it', async () => {
+    const { breaker, events } = await toHalfOpen()
+    const controller = new AbortController()
+    const gate = deferred()
+    const call = breaker.execute(() => gate.promise, controller.signal)
+    events.length = 0
+    controller.abort(new Error('caller gave up'))
+    expect(events).toEqual([{ type: 'ignored', error: new Error('caller gave up') }])
+    gate.resolve('late')
+    await expect(call).resolves.toBe('late')
+    expect(events).toHaveLength(1)
+    expect(breaker.state).toBe('half-open')
+  })
+
   it('a probe aborted by its caller after slowCallMs counts as a slow failure', async () => {
     const { clock, breaker } = await toHalfOpen({ slowCallMs: 50 })
     const controller = new AbortController()
