@@ -10,7 +10,7 @@ import { basename, dirname, resolve } from 'node:path'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
-import { loadBetterSqlite } from '../stores/sqlite.js'
+import { loadBetterSqlite, namesFolder } from '../stores/sqlite.js'
 import { folderChain, visibleStatOf } from '../stores/sqlite-path.js'
 import { messageOf } from './usage.js'
 
@@ -173,6 +173,10 @@ export async function openAnsweringDatabase(url: string, signal?: AbortSignal): 
 
 /** Checks, read-only, that `filename` is a breakwater database; `migrate` is the hint to give. */
 async function checkBreakwaterFile(filename: string, migrate: string): Promise<void> {
+  // `./new/` names a folder even where there is none: refused as migrate refuses it, not as a
+  // missing file with a hint to run migrate, which would refuse the same path.
+  if (namesFolder(filename))
+    throw new InvalidOptionError('filename', 'a file, not a folder', filename)
   if (!existsSync(filename)) {
     refuseFileAsFolder(filename)
     throw new Error(`no such database file (${migrate}, which creates it)`)

@@ -682,8 +682,15 @@ function prepareFolder(filename: string): void {
   }
 }
 
-/** Whether a path ends in a separator, `.` or `..`: a folder, whether or not it exists. */
-function namesFolder(filename: string): boolean {
+/**
+ * Whether a path ends in a separator, `.` or `..`: a folder, whether or not it exists.
+ *
+ * @example
+ * ```ts
+ * namesFolder('./data/') // true
+ * ```
+ */
+export function namesFolder(filename: string): boolean {
   const last = filename.split(sep === '\\' ? /[\\/]/ : '/').at(-1)
   return last === '' || last === '.' || last === '..'
 }

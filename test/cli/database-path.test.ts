@@ -5,7 +5,7 @@
 // for a database that failed, or said "no such database file" with a hint to run migrate, which
 // refuses the same path.
 import { EventEmitter } from 'node:events'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -87,6 +87,25 @@ describe('a sqlite: URL with a file where a folder of its path goes', () => {
     // migrate refuses the same path: a hint to run it would lead nowhere.
     expect(result.stderr).not.toContain('no such database file')
   })
+})
+
+// A path ending in a separator (or in `.` or `..`) names a folder even when there is none:
+// migrate refuses it so, yet the other commands said "no such database file (run `breakwater
+// migrate --db sqlite:./new/` first, which creates it)", a hint that led to that refusal.
+describe('a sqlite: URL ending in a separator, for a folder that does not exist', () => {
+  it.each(commands)(
+    'breakwater %s exits 2 naming it, nothing created',
+    async (name, entry, args) => {
+      const missing = `${join(dir, 'new')}/`
+      const result = await runCaptured(entry(), [...args, '--db', `sqlite:${missing}`])
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(
+        `breakwater ${name}: --db: filename: expected a file, not a folder, got ${JSON.stringify(missing)}`,
+      )
+      expect(result.stderr).not.toContain('no such database file')
+      expect(existsSync(join(dir, 'new'))).toBe(false)
+    },
+  )
 })
 
 describe('breakwater relay: a SQL-queue --broker that names a folder', () => {
