@@ -167,6 +167,9 @@ const mayHoldSecret =
  * to the closing quote of a quoted value, else to the next `name: ` header or the end of the
  * line; a `name: value` value runs to its closing quote, else to the end of the line or the
  * next `name: ` on it, less closing punctuation (`{ token: abc, n: 1 }` keeps `, n: 1 }`);
+ * a value that is an object or array (`{ password: { value: 'x' } }`, `{"token":["a"]}`,
+ * util.inspect's `Secret { ... }` over several lines) is masked whole, to its closing bracket
+ * (brackets in quoted strings not counted), or to the end of the text when it never closes;
  * a URL password runs to the first `@` on its line, whatever it holds before it (blanks,
  * quotes, angle brackets, backticks: `postgres://app:my pass@db`, `postgres://app:pa"ss@db`),
  * or to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`); one that starts
@@ -226,7 +229,8 @@ const closers = new Set([',', ';', ')', '}', ']', '"', "'"])
  * Masks the value after every `name:` whose name is a secret's, as {@link isSecretKey} judges a
  * field name (`x-api-key: abc`, `cookie: a=b; c=d`, `{ password: 'x' }`), keeping the name: a
  * quoted value to its closing quote (or the end of the line), an unquoted one to the end of the
- * line or the next `name: ` on it, less the closing punctuation that ends it (`,`, `}`, ...).
+ * line or the next `name: ` on it, less the closing punctuation that ends it (`,`, `}`, ...),
+ * and an object or array in it to its closing bracket, over lines and names.
  * Values the other passes of {@link redactSecrets} masked are left as they are. `onScan` is
  * told how many characters each value search read; tests use it to check the work stays
  * linear: no search reads past the value it finds, plus the next `name:` that ends it.
@@ -275,6 +279,7 @@ interface ValueSpan {
 }
 
 const optionCheck = 'expected '
+const afterBracket = new Set([',', '}', ']', ')'])
 const isBlank = (c: string | undefined): boolean => c === ' ' || c === '\t'
 const isSpace = (c: string | undefined): boolean => c !== undefined && /\s/.test(c)
 const isNameChar = (c: string | undefined): boolean => c !== undefined && /[\w.$-]/.test(c)
@@ -304,11 +309,26 @@ function valueAfter(text: string, from: number): ValueSpan {
   if (text.startsWith(optionCheck, i)) return { start: i, end: i, read: read + optionCheck.length }
   let end = i
   let j = i
+  // Where the last object or array in the value closed: closing punctuation before it is the
+  // value's own (`{"password":{"v":"x"}}` keeps only the last brace).
+  let bracketEnd = i
   for (;;) {
     const wordStart = j
-    while (j < text.length && !isSpace(text[j])) j++
+    let closed = false
+    while (j < text.length && !isSpace(text[j])) {
+      if (text[j] === '{' || text[j] === '[') {
+        // An object or array (`{ password: { value: 'x' } }`, util.inspect's
+        // `Secret { value: 'x' }`) is the value whole, over blanks, names and lines: the names
+        // inside it are not secret names, so stopping at them left the secret written. A `,`
+        // or closing bracket right after it ends the value (`{"token":["a"],"n":1}`).
+        j = bracketEnd = closingBracket(text, j)
+        closed = afterBracket.has(text[j] as string)
+        if (closed) break
+      } else j++
+    }
     read += j - wordStart
     end = j
+    if (closed) break
     let k = j
     while (isBlank(text[k])) k++
     read += k - j
@@ -320,10 +340,60 @@ function valueAfter(text: string, from: number): ValueSpan {
   }
   // `{ token: abc }`: the brace and the blank before it are not the secret's.
   let trimmed = end
-  while (trimmed > i && closers.has(text[trimmed - 1] as string)) trimmed--
-  if (trimmed < end) while (trimmed > i && isBlank(text[trimmed - 1])) trimmed--
+  while (trimmed > bracketEnd && closers.has(text[trimmed - 1] as string)) trimmed--
+  if (trimmed < end) while (trimmed > bracketEnd && isBlank(text[trimmed - 1])) trimmed--
   read += end - trimmed
   return { start: i, end: trimmed, read }
+}
+
+// Where the object or array that opens at `open` (a `{` or `[`) ends: just past the bracket
+// that closes it, or the end of the text when none does (a value cut short: hiding too much is
+// the safe side). Brackets inside quoted strings ('...', "...", `...`, and \"...\" of JSON
+// quoted in a string) do not count; a string also ends at the end of its line, so a stray
+// apostrophe does not swallow the lines after it. Any closing bracket closes any opening one:
+// a count, not a stack, as what is read is text, not checked syntax. Each character is read
+// once, so the callers stay linear (no regular expression could match nested brackets without
+// backtracking).
+function closingBracket(text: string, open: number): number {
+  let depth = 0
+  let k = open
+  while (k < text.length) {
+    const c = text[k]
+    if (c === '{' || c === '[') depth++
+    else if (c === '}' || c === ']') {
+      if (--depth === 0) return k + 1
+    } else if (isQuote(c) || c === '`') {
+      k = stringEnd(text, k + 1, c as string, false)
+      continue
+    } else if (c === '\\' && isQuote(text[k + 1])) {
+      k = stringEnd(text, k + 2, text[k + 1] as string, true)
+      continue
+    } else if (c === '\\') k++
+    k++
+  }
+  return text.length
+}
+
+// Just past the quote that ends a string whose text starts at `from`, or the line break (or end
+// of text) that comes first. `escaped`: the string is quoted as `\"...\"` (JSON held in a
+// string), where `\\` is one backslash of the inner text, which escapes the character after it.
+function stringEnd(text: string, from: number, quote: string, escaped: boolean): number {
+  let k = from
+  while (k < text.length && text[k] !== '\n') {
+    const c = text[k]
+    if (!escaped) {
+      if (c === quote) return k + 1
+      k += c === '\\' && text[k + 1] !== '\n' ? 2 : 1
+    } else if (c === '\\' && text[k + 1] === quote) {
+      return k + 2
+    } else if (c === '\\' && text[k + 1] === '\\') {
+      // An escape of the inner text: the backslash, then the character it escapes (itself
+      // written `\\` or `\"` when it is a backslash or a quote).
+      k += 2
+      k += text[k] === '\\' && text[k + 1] !== '\n' ? 2 : 1
+    } else k += c === '\\' && text[k + 1] !== '\n' ? 2 : 1
+  }
+  return k
 }
 
 // Whether a `name:` followed by a blank, or the end of the text or line, starts at `k`.
