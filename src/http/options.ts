@@ -117,7 +117,9 @@ export interface HttpServiceOptions {
    * header: the least of the current deadline, the overall timeout left and the attempt
    * timeout left, less `deadlineMarginMs`, as of the moment undici writes the request on its
    * connection (a wait in the bulkhead queue, for a pooled connection or for a connect uses
-   * part of it).
+   * part of it). While on, the header is the client's: a value given for it in `headers` is
+   * replaced by that budget, or dropped when no budget is known (no deadline and both timeouts
+   * `Infinity`); off, a value given is sent as given.
    * @default true
    */
   readonly propagateDeadline?: boolean | undefined

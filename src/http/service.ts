@@ -604,6 +604,13 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     const target = this.#base.basePath + appendQuery(options.path, options.query)
     const headers: Record<string, string | string[]> = { ...this.#defaultHeaders }
     addHeaders(headers, 'request.headers', options.headers)
+    // With propagation on, the deadline header is the client's: each attempt sends the budget
+    // it knows as of the write, or none when it knows none (as deadlineHeaderValue() gives none).
+    // A caller's value (inbound headers forwarded as they came, a service default) is dropped
+    // here, and replaced per attempt when a budget is known: a fixed value cannot follow the time
+    // spent queueing, connecting or between retries, so every hop would stretch the chain's
+    // deadline by it. A budget of the caller's own goes through withDeadline or adoptDeadline.
+    if (this.#propagateDeadline) delete headers[DEADLINE_HEADER]
 
     let body: string | Uint8Array | undefined
     // Read as unknown: the type refuses both at once, an untyped caller may still pass both.

@@ -94,6 +94,45 @@ describe('the deadline header', () => {
     ).toBeUndefined()
   })
 
+  // With propagation on the header is the client's: it states the budget it knows as of the
+  // write, or nothing. A caller's own value (forwarded inbound headers, a service default) could
+  // not follow the time spent queueing, connecting or between retries.
+  const unbounded: Partial<HttpServiceOptions> = {
+    attemptTimeoutMs: Number.POSITIVE_INFINITY,
+    overallTimeoutMs: Number.POSITIVE_INFINITY,
+  }
+  it.each(['2000', '-5', 'soon', '1e300'])(
+    "drops a caller's header %s when no budget is known, from a request or a service",
+    async (value) => {
+      expect(
+        await headerSent(unbounded, (c) =>
+          c.request('svc', { path: '/', headers: { 'X-Breakwater-Deadline-Ms': value } }),
+        ),
+      ).toBeUndefined()
+      expect(
+        await headerSent({ ...unbounded, headers: { [DEADLINE_HEADER]: value } }, (c) =>
+          c.request('svc', { path: '/' }),
+        ),
+      ).toBeUndefined()
+    },
+  )
+
+  it("replaces a caller's header with the budget it knows", async () => {
+    expect(
+      await headerSent({ attemptTimeoutMs: 2_000 }, (c) =>
+        c.request('svc', { path: '/', headers: { [DEADLINE_HEADER]: '999999' } }),
+      ),
+    ).toBe('1995')
+  })
+
+  it("passes a caller's header as given when propagation is off", async () => {
+    expect(
+      await headerSent({ propagateDeadline: false }, (c) =>
+        c.request('svc', { path: '/', headers: { [DEADLINE_HEADER]: '2000' } }),
+      ),
+    ).toBe('2000')
+  })
+
   it('sends a smaller budget on each retry, as time passes', async () => {
     const clock = new ManualClock()
     const server = await serve((_req, res, hit) => {
