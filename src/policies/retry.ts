@@ -111,9 +111,10 @@ export interface RetryOptions {
    * A retry budget shared with other callers of the same downstream; when it is spent the
    * call fails with `RetryBudgetExhaustedError` instead of retrying. A token is taken before
    * the backoff sleep, so a spent budget fails the call at once; when the sleep is aborted (no
-   * retry was made) it is given back through the budget's `refund()`. If `tryWithdraw` throws,
-   * the call rejects with that error (reported as a `budget` give-up); if `refund` throws, with
-   * that error (reported with the give-up the abort would have had).
+   * retry was made) it is given back through the budget's `refund()`. If `recordRequest` (before
+   * the first attempt, then a `budget` give-up at attempt 0) or `tryWithdraw` throws, the call
+   * rejects with that error (reported as a `budget` give-up); if `refund` throws, with that
+   * error (reported with the give-up the abort would have had).
    * @default undefined (no budget)
    */
   readonly budget?: RetryBudget | undefined
@@ -154,7 +155,7 @@ export type GiveUpReason =
    * aborted with `DeadlineExceededError`).
    */
   | 'deadline'
-  /** The retry budget had no token left, or its `tryWithdraw` threw. */
+  /** The retry budget had no token left, or its `recordRequest` or `tryWithdraw` threw. */
   | 'budget'
   /** The caller aborted. */
   | 'aborted'
@@ -368,7 +369,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   // this policy, in a scope that follows the fused layers outside it.
   readonly [fusedStep]: FusedStep = {
     enter: () => {
-      this.#budget?.recordRequest()
+      if (this.#budget !== undefined) this.#recordRequest(this.#budget)
       retryCounters().attempts.add(1)
       return 0
     },
@@ -456,7 +457,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       this.#giveUp(0, 'deadline', refused)
       throw refused
     }
-    this.#budget?.recordRequest()
+    if (this.#budget !== undefined) this.#recordRequest(this.#budget)
     retryCounters().attempts.add(1)
     const execution = new RetryExecution(parent, outerAttempt, enclosing)
     try {
@@ -640,6 +641,17 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       return this.#backoff.delayMs(attempt - 1, previousDelayMs)
     } catch (failure) {
       this.#giveUp(attempt, 'notRetryable', error)
+      throw failure
+    }
+  }
+
+  // Before the first attempt: no attempt failed, so the event's `error` is what it threw, as a
+  // deadline refused before the first attempt reports its own refusal.
+  #recordRequest(budget: RetryBudget): void {
+    try {
+      budget.recordRequest()
+    } catch (failure) {
+      this.#giveUp(0, 'budget', failure)
       throw failure
     }
   }

@@ -5,8 +5,11 @@ import { sleep } from '../../src/core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { currentDeadline, withDeadline } from '../../src/policies/deadline.js'
 import { DeadlineExceededError, TimeoutError } from '../../src/policies/errors.js'
+import { pipeline } from '../../src/policies/pipeline.js'
 import { seededRandom } from '../../src/policies/random.js'
 import { type RetryEvent, retry } from '../../src/policies/retry.js'
+import { timeout } from '../../src/policies/timeout.js'
+import type { Policy } from '../../src/policies/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
 const httpError = (status: number, headers?: Record<string, string>) =>
@@ -539,6 +542,38 @@ describe('retry', () => {
         }),
       ).rejects.toBe(bug)
       expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason, error: failure }])
+    },
+  )
+
+  // recordRequest runs before the first attempt, directly and as a fused pipeline's enter step:
+  // a throwing one ends the call before any attempt, so it is a 'budget' give-up at attempt 0
+  // whose error is what it threw (as a deadline refused before the first attempt reports its
+  // own refusal).
+  it.each([
+    ['directly', (policy: Policy, fn: () => never) => policy.execute(fn)],
+    ['fused', (policy: Policy, fn: () => never) => pipeline(policy).execute(fn)],
+    [
+      'fused with a timeout',
+      (policy: Policy, fn: () => never) =>
+        pipeline(policy, timeout(1_000, { clock: new ManualClock() })).execute(fn),
+    ],
+  ] as const)(
+    'a budget whose recordRequest throws rejects with its error before any attempt and reports the give-up (%s)',
+    async (_, run) => {
+      const policy = retry({
+        budget: { recordRequest: throwBug, available: () => 1, tryWithdraw: () => true },
+      })
+      const events: RetryEvent[] = []
+      policy.events.on((event) => events.push(event))
+      let attempts = 0
+      await expect(
+        run(policy, () => {
+          attempts++
+          throw httpError(503)
+        }),
+      ).rejects.toBe(bug)
+      expect(attempts).toBe(0)
+      expect(events).toEqual([{ type: 'giveUp', attempt: 0, reason: 'budget', error: bug }])
     },
   )
 
