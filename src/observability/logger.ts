@@ -1,3 +1,4 @@
+import { types } from 'node:util'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
@@ -340,13 +341,17 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
   const { seen } = walk
   if (seen.has(object)) return '[circular]'
   if (depth >= maxDepth) return '[too deep]'
-  if (object instanceof Date)
+  // util.types rather than instanceof for Date, Error, Map and Set: a value made in another
+  // realm (a vm context, a sandbox) is no instance of this realm's constructors, and an Error,
+  // Map or Set from there was written `{}` (their contents are no enumerable properties).
+  if (types.isDate(object))
     return Number.isNaN(object.getTime()) ? 'Invalid Date' : object.toISOString()
   if (object instanceof URL) return redactSecrets(object.href)
   if (ArrayBuffer.isView(object)) return `[${object.byteLength} bytes]`
   seen.add(object)
   try {
-    if (object instanceof Error) return serializeError(object, core, depth, walk)
+    if (object instanceof Error || types.isNativeError(object))
+      return serializeError(object as Error, core, depth, walk)
     if (Array.isArray(object)) {
       const secrets = secretValueIndexes(object, core)
       const items = object
@@ -355,9 +360,9 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
       if (object.length > maxArrayItems) items.push(`[${object.length - maxArrayItems} more]`)
       return items
     }
-    if (object instanceof Map) {
+    if (types.isMap(object)) {
       const out = fieldsObject()
-      for (const [k, v] of object) {
+      for (const [k, v] of object as Map<unknown, unknown>) {
         if (overBudget(out, walk)) break
         const { secret, shown } = fieldName(String(k), core)
         walk.left -= shown.length + 4
@@ -365,7 +370,7 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
       }
       return out
     }
-    if (object instanceof Set) return sanitize([...object], core, depth, walk)
+    if (types.isSet(object)) return sanitize([...(object as Set<unknown>)], core, depth, walk)
     const toJSON = (object as { toJSON?: unknown }).toJSON
     if (typeof toJSON === 'function') {
       return sanitize((toJSON as () => unknown).call(object), core, depth + 1, walk)
@@ -470,10 +475,29 @@ function serializeError(
     out.stack = text(error.stack)
   }
   if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, walk)
-  if (error instanceof AggregateError) {
-    out.errors = sanitize(error.errors, core, depth + 1, walk)
+  if (isAggregateError(error)) {
+    out.errors = sanitize((error as AggregateError).errors, core, depth + 1, walk)
   }
   return out
+}
+
+// Prototypes looked through for another realm's AggregateError: a real one has two (its own and
+// Error's), a subclass one more each; the bound keeps a proxy's endless chain from hanging.
+const maxPrototypes = 16
+
+// An AggregateError of this realm or another: that realm's is no instance of this one's, so it
+// is known by its constructor's name, as util.inspect knows it.
+function isAggregateError(error: object): boolean {
+  if (error instanceof AggregateError) return true
+  let prototype: unknown = Object.getPrototypeOf(error)
+  for (let i = 0; i < maxPrototypes && prototype !== null; i++) {
+    const ctor = Object.hasOwn(prototype as object, 'constructor')
+      ? (prototype as { constructor?: { name?: unknown } }).constructor
+      : undefined
+    if (typeof ctor === 'function' && ctor.name === 'AggregateError') return true
+    prototype = Object.getPrototypeOf(prototype)
+  }
+  return false
 }
 
 /**
@@ -485,7 +509,8 @@ function serializeError(
  * key, authorization, cookie, and `redactKeys`) at any depth become `[redacted]`, so do the values that follow such a name in a
  * header list (`req.rawHeaders`, the [name, value] pairs of `Object.entries`), and credentials inside any string (URL
  * passwords, `password=` pairs, `x-api-key: ...` header lines, `{ token: '...' }` object text,
- * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
+ * bearer tokens) are masked, field names and Map keys included. Errors (also those made in
+ * another realm, such as a `vm` context, known by `util.types.isNativeError`) become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors), with the diagnostic
  * fields of Node's system errors (`errno`, `syscall`, `address`, `port`, `path`, `dest`) and
  * of pg's (`detail`, `hint`, `severity`, `schema`, `table`, `column`, `constraint`,
