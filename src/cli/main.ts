@@ -110,7 +110,8 @@ async function versionCommand(args: string[]): Promise<number> {
 const exitCodes = `exit codes:
   0    success
   1    a failure at run time: a database or broker that cannot be used or fails, a
-       process that could not start or did not stop in time, an id that is not there
+       process that could not start or did not stop in time, an id that is not there,
+       output that cannot be written (a full disk)
   2    a bad argument: an unknown command or option, a bad value, a malformed URL, a
        sqlite: path that cannot be a database file (a folder, a folder that cannot be
        created), a sqlite://host/path URL, a proxy config that is not valid (at
@@ -160,9 +161,17 @@ async function runCommand(name: string, args: string[]): Promise<number> {
 // A reader that went away (`breakwater saga list | head -1`, a log shipper that died): Node
 // ignores SIGPIPE, so the next write fails with EPIPE, an unhandled 'error' that printed a
 // stack. End as a command killed by SIGPIPE does (128 + 13), silently: nobody reads the output.
+// Any other failure to write it (a full disk under `> report.json`, a log volume that filled up
+// under the relay) was thrown on from here, and Node printed a stack of the bundle's internals:
+// one line naming it instead, exit 1, a failure at run time. stderr may fail too; nothing is
+// left to tell it to then.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
   if (error.code === 'EPIPE') process.exit(141)
-  throw error
+  try {
+    process.stderr.write(`breakwater: cannot write the output: ${oneLine(error.message)}\n`)
+  } finally {
+    process.exit(1)
+  }
 })
 
 try {

@@ -1,6 +1,7 @@
 // The `breakwater` entry point itself: which stream the usage goes to, and the exit code.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { closeSync, existsSync, openSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { cliNodeArgs, runCli } from '../process/cli-process.js'
 
@@ -83,6 +84,31 @@ describe('breakwater | a reader that goes away', () => {
     const [code] = (await once(child, 'exit')) as [number | null]
     expect(stderr).toBe('')
     expect(code).toBe(141)
+  })
+})
+
+// Output that cannot be written for another reason (a full disk under `> report.json`, a log
+// volume that filled up under the relay): the stdout 'error' listener threw it on, and Node
+// printed a stack of the bundle's internals as an uncaught exception.
+describe.runIf(existsSync('/dev/full'))('breakwater > a file on a full disk', () => {
+  it.each([[['--help']], [['saga', '--help']]])('%j says so in one line, exit 1', async (args) => {
+    const full = openSync('/dev/full', 'w')
+    try {
+      const child = spawn(process.execPath, [...cliNodeArgs(), ...args], {
+        stdio: ['ignore', full, 'pipe'],
+      })
+      let stderr = ''
+      child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+        stderr += chunk
+      })
+      const [code] = (await once(child, 'exit')) as [number | null]
+      expect(stderr).toBe(
+        'breakwater: cannot write the output: ENOSPC: no space left on device, write\n',
+      )
+      expect(code).toBe(1)
+    } finally {
+      closeSync(full)
+    }
   })
 })
 
