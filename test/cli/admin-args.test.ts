@@ -86,6 +86,23 @@ describe('admin commands: a command named like an Object member', () => {
   })
 })
 
+describe('breakwater saga: an option before the command', () => {
+  // `breakwater saga --db <url> list` was answered 'unknown command "--db"', as if a command of
+  // that name had been mistyped: the option goes after the command, and the message says so.
+  it.each([
+    [['--db', 'sqlite:./x.db', 'list'], '--db'],
+    [[`--db=${url}`, 'list'], '--db'],
+    [['--json', 'show', 'some-id'], '--json'],
+  ])('saga %j names the option and where the command goes, exit 2', async (args, option) => {
+    const result = await runCaptured(sagaCommand, args)
+    expect(result.code).toBe(2)
+    expect(result.stderr.split('\n')[0]).toBe(
+      `breakwater saga: the command comes before its options (breakwater saga list|show|retry|cancel|prune|worker [options]), got the option "${option}" first`,
+    )
+    expect(result.stderr).not.toContain('hunter2')
+  })
+})
+
 describe('breakwater outbox dead --json: a password in a stored error', () => {
   it('is masked as in the table', async () => {
     const file = createTestSqlite('outbox-dead-json')
