@@ -144,7 +144,7 @@ const maxCachedKeys = 1_024
 function fieldName(key: string, core: LoggerCore): FieldName {
   let name = core.keys.get(key)
   if (name === undefined) {
-    name = { secret: isSecretKey(key, core.extra), shown: redactSecrets(key) }
+    name = { secret: isSecretKey(key, core.extra), shown: wellFormed(redactSecrets(key)) }
     if (core.keys.size < maxCachedKeys) core.keys.set(key, name)
   }
   return name
@@ -291,15 +291,24 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
 // after a URL's password, the token after 'Bearer') beyond the cut, and its first part written.
 // Never between the two halves of a surrogate pair (an emoji, a CJK extension character): the
 // first half alone is written `\ud83d`, which strict JSON readers (Rust's serde_json, so
-// Vector) refuse, losing the whole line.
+// Vector) refuse, losing the whole line. For the same reason a lone surrogate the text already
+// held becomes U+FFFD (see wellFormed).
 function clip(text: string): string {
-  const masked = redactSecrets(text)
+  const masked = wellFormed(redactSecrets(text))
   if (masked.length <= maxStringLength) return masked
   const splitsPair =
     isHighSurrogate(masked.charCodeAt(maxStringLength - 1)) &&
     isLowSurrogate(masked.charCodeAt(maxStringLength))
   return `${masked.slice(0, splitsPair ? maxStringLength - 1 : maxStringLength)}…`
 }
+
+// A lone surrogate (half of a pair: a string cut by code units, a bad decode) is written by
+// JSON.stringify as an escape such as `\ud800`, on which strict JSON readers (serde_json, so
+// Vector) refuse the whole line: it is written as U+FFFD instead, as a UTF-8 encoder writes it.
+// String.prototype.toWellFormed is in Node 20, but typed only in lib ES2024, past this
+// project's ES2023.
+const wellFormed = (text: string): string =>
+  (text as string & { toWellFormed(): string }).toWellFormed()
 
 const isHighSurrogate = (unit: number): boolean => unit >= 0xd800 && unit <= 0xdbff
 const isLowSurrogate = (unit: number): boolean => unit >= 0xdc00 && unit <= 0xdfff
@@ -504,7 +513,9 @@ function isAggregateError(error: object): boolean {
  * Creates a logger that writes one JSON object per line: `level`, `time` (ISO 8601, UTC),
  * `msg`, then the logger's bound fields and the call's fields. A line holds no character a
  * line-oriented reader (Python's `str.splitlines()`, a log shipper) ends a line at: U+0085,
- * U+2028 and U+2029, which JSON allows unescaped, are written `\u0085`, `\u2028`, `\u2029`.
+ * U+2028 and U+2029, which JSON allows unescaped, are written `\u0085`, `\u2028`, `\u2029`;
+ * and none a strict JSON reader (serde_json, so Vector) refuses: a lone UTF-16 surrogate in a
+ * string or field name is written U+FFFD, as a UTF-8 encoder writes it.
  * Secrets never reach the output: values of secret-named fields (password, secret, token, API
  * key, authorization, cookie, and `redactKeys`) at any depth become `[redacted]`, so do the values that follow such a name in a
  * header list (`req.rawHeaders`, the [name, value] pairs of `Object.entries`), and credentials inside any string (URL
