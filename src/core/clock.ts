@@ -1,4 +1,4 @@
-import { AbortedError } from './errors.js'
+import { AbortedError, InvalidOptionError } from './errors.js'
 import { clockRefusal, signalRefusal } from './validate.js'
 
 /** An opaque timer handle returned by {@link Clock.setTimeout}. */
@@ -119,7 +119,10 @@ export function keepProcessAlive(handle: TimerHandle): void {
  * whoever awaits it expects to be resumed. Rejects with {@link AbortedError} (carrying the signal's reason)
  * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller. Rejects with
  * `InvalidOptionError` (`sleep.clock`) for a `clock` that is not a {@link Clock} (there is no
- * default: pass `systemClock`), and (`sleep.signal`) for a `signal` that is not an AbortSignal.
+ * default: pass `systemClock`), (`sleep.delayMs`) for a delay that is not a number of
+ * milliseconds, 0 or more (NaN, a numeric string, a negative number: unlike a clock's
+ * `setTimeout`, which reads them as Node's timers do), and (`sleep.signal`) for a `signal` that
+ * is not an AbortSignal. `Infinity` waits until `signal` aborts (for good without one).
  *
  * @example
  * ```ts
@@ -128,25 +131,41 @@ export function keepProcessAlive(handle: TimerHandle): void {
  * ```
  */
 export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Promise<void> {
-  const refused = clockRefusal('sleep.clock', clock) ?? signalRefusal('sleep.signal', signal)
+  const refused =
+    clockRefusal('sleep.clock', clock) ??
+    delayRefusal(delayMs) ??
+    signalRefusal('sleep.signal', signal)
   if (refused !== undefined) return refused
   if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
-  if (delayMs <= 0 && signal === undefined) return Promise.resolve()
+  if (delayMs === 0 && signal === undefined) return Promise.resolve()
   return new Promise<void>((resolve, reject) => {
     const onAbort = (): void => {
       clock.clearTimeout(handle)
       reject(new AbortedError(signal?.reason))
     }
-    const handle = clock.setTimeout(
-      () => {
-        signal?.removeEventListener('abort', onAbort)
-        resolve()
-      },
-      Math.max(0, delayMs),
-    )
+    const handle = clock.setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, delayMs)
     keepProcessAlive(handle)
     signal?.addEventListener('abort', onAbort, { once: true })
   })
+}
+
+// A sleep's delay is the caller's own arithmetic (a backoff, a deadline less now), not a value
+// handed on to a timer API: NaN or a string there is a bug upstream, which a timer's reading
+// (NaN and negatives at once, '25' as 25) would hide. Infinity is kept: a wait ended only by its
+// signal, as a clock's setTimeout honours it.
+function delayRefusal(delayMs: unknown): Promise<never> | undefined {
+  return typeof delayMs === 'number' && delayMs >= 0
+    ? undefined
+    : Promise.reject(
+        new InvalidOptionError(
+          'sleep.delayMs',
+          'a number of milliseconds, 0 or more (Infinity: until the signal aborts)',
+          delayMs,
+        ),
+      )
 }
 
 /**

@@ -292,3 +292,41 @@ describe('sleep refuses a clock that is not a Clock', () => {
     })
   })
 })
+
+// The delay was not checked: NaN, undefined or a negative delay was read as Node's timers read
+// it (at once), and a string ('25') as its number, so a delay computed wrongly or read from
+// configuration unparsed went by without a word.
+describe('sleep refuses a delay that is not a number of milliseconds', () => {
+  it.each([
+    ['NaN', Number.NaN],
+    ['undefined', undefined],
+    ['null', null],
+    ['a numeric string', '25'],
+    ['an object', {}],
+    ['a negative number', -1],
+    ['-Infinity', Number.NEGATIVE_INFINITY],
+  ])('%s, rejecting with INVALID_OPTION naming sleep.delayMs', async (_, delayMs) => {
+    const clock = new ManualClock()
+    await expect(sleep(clock, delayMs as unknown as number)).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      option: 'sleep.delayMs',
+    })
+    await expect(
+      sleep(clock, delayMs as unknown as number, new AbortController().signal),
+    ).rejects.toMatchObject({ option: 'sleep.delayMs' })
+    expect(clock.nextTimerAt()).toBeUndefined()
+  })
+
+  it('takes 0, a fraction and Infinity (until the signal aborts)', async () => {
+    const clock = new ManualClock()
+    await expect(sleep(clock, 0)).resolves.toBeUndefined()
+    const fraction = sleep(clock, 0.5)
+    await clock.advance(0.5)
+    await expect(fraction).resolves.toBeUndefined()
+    const stop = new AbortController()
+    const forever = sleep(clock, Number.POSITIVE_INFINITY, stop.signal)
+    await clock.advance(1e15)
+    stop.abort('done')
+    await expect(forever).rejects.toMatchObject({ code: 'ABORTED' })
+  })
+})
