@@ -144,8 +144,10 @@ const maxCachedKeys = 1_024
 function fieldName(key: string, core: LoggerCore): FieldName {
   let name = core.keys.get(key)
   if (name === undefined) {
-    name = { secret: isSecretKey(key, core.extra), shown: wellFormed(redactSecrets(key)) }
-    if (core.keys.size < maxCachedKeys) core.keys.set(key, name)
+    // Cut short as a string value is (a name is written too: a 5 MB key made a 5 MB line).
+    name = { secret: isSecretKey(key, core.extra), shown: clip(key) }
+    // A long name is not kept: the cache would hold every such key for the process's life.
+    if (core.keys.size < maxCachedKeys && key.length <= maxListedName) core.keys.set(key, name)
   }
   return name
 }
@@ -526,7 +528,7 @@ function isAggregateError(error: object): boolean {
  * fields of Node's system errors (`errno`, `syscall`, `address`, `port`, `path`, `dest`) and
  * of pg's (`detail`, `hint`, `severity`, `schema`, `table`, `column`, `constraint`,
  * `routine`) when they hold text or a number. Circular and very
- * deep values are cut short, so are strings past 8,192 characters and arrays past 100 items,
+ * deep values are cut short, so are strings and field names past 8,192 characters and arrays past 100 items,
  * and one call's fields write about 1 MiB of text at most (a huge Map or a graph of shared
  * references is written `[truncated]` past it), and a value that throws when read (a getter, `toJSON`, a revoked
  * proxy) is written as `[unserializable]`, so logging never throws. Nor does an output whose

@@ -72,4 +72,21 @@ describe('createJsonLogger: the size of one line is bounded', () => {
     expect(line).not.toContain('[truncated]')
     expect((JSON.parse(line) as { items: unknown[] }).items).toHaveLength(100)
   })
+
+  it('cuts a long field name or Map key short, as a string value is cut', () => {
+    // A name is written too: a 5 MB key (a Map keyed by request bodies, an object built from
+    // input) made a 5 MB line, past the 1 MiB bound and any shipper's line limit.
+    const out = captureLines()
+    const log = createJsonLogger({ output: out })
+    const long = 'k'.repeat(5_000_000)
+    log.info('object', { [long]: 1 })
+    log.info('map', { map: new Map([[long, 1]]) })
+    log.child({ [long]: 1 }).info('child')
+    expect(out.lines).toHaveLength(3)
+    for (const line of out.lines) {
+      expect(line.length).toBeLessThan(10_000)
+      expect(line).toContain(`"${'k'.repeat(8_192)}…"`)
+      JSON.parse(line)
+    }
+  })
 })
