@@ -1,3 +1,4 @@
+import { InvalidOptionError } from '../core/errors.js'
 import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
@@ -28,7 +29,9 @@ export interface FallbackOptions {
   /**
    * Which errors are replaced by the fallback; others are rethrown. Whatever it says, a call
    * whose own signal was aborted is never replaced: the caller has stopped waiting, and a
-   * substitute answer would hide the cancellation from it.
+   * substitute answer would hide the cancellation from it. Called synchronously: one that
+   * returns a promise (an async function) makes the call reject with `InvalidOptionError`
+   * naming `fallback.shouldFallback`, as the promise would otherwise read as true.
    * @default () => true
    */
   readonly shouldFallback?: ((error: unknown) => boolean) | undefined
@@ -93,7 +96,7 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
     exitValue: () => {},
     exitError: (call, layer, _state, error) => {
       if (call.abortedAt(layer)) throw error
-      if (this.#shouldFallback !== undefined && !this.#shouldFallback(error)) throw error
+      if (!this.#fallsBack(error)) throw error
       if (this.events.hasListeners) this.events.emit({ type: 'fallback', error })
       const valueOrFn = this.#valueOrFn
       const value =
@@ -131,6 +134,24 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
     return this.#run(next, fn, context)
   }
 
+  // Whether `error` is replaced. shouldFallback is called synchronously, and a promise is truthy:
+  // an async one would make every failure fall back, those it meant to let through included.
+  // Its promise is refused as a bug surfaced (and marked handled: the refusal says it all).
+  #fallsBack(error: unknown): boolean {
+    const shouldFallback = this.#shouldFallback
+    if (shouldFallback === undefined) return true
+    const answer: unknown = shouldFallback(error)
+    if (isThenable(answer)) {
+      Promise.resolve(answer).catch(() => {})
+      throw new InvalidOptionError(
+        'fallback.shouldFallback',
+        'a function returning true or false, not a promise (it is not awaited)',
+        answer,
+      )
+    }
+    return Boolean(answer)
+  }
+
   async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
     // A caller who already gave up gets AbortedError and fn never runs, as with every policy
     // (next may call fn directly, which would not look at the signal).
@@ -139,7 +160,7 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
       return await next(fn, context)
     } catch (error) {
       if (context.signal.aborted) throw error
-      if (this.#shouldFallback !== undefined && !this.#shouldFallback(error)) throw error
+      if (!this.#fallsBack(error)) throw error
       if (this.events.hasListeners) this.events.emit({ type: 'fallback', error })
       const valueOrFn = this.#valueOrFn
       return typeof valueOrFn === 'function'

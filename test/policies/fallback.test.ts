@@ -1,9 +1,11 @@
 import { describe, expect, expectTypeOf, it } from 'vitest'
 import {
   BrokenCircuitError,
+  bulkhead,
   circuitBreaker,
   type FallbackEvent,
   type FallbackOptions,
+  type FallbackPolicy,
   fallback,
   InvalidOptionError,
   pipeline,
@@ -123,6 +125,30 @@ describe('fallback', () => {
     expectTypeOf(mixed).toEqualTypeOf<Promise<number | string[]>>()
     await expect(mixed).resolves.toEqual([])
     expect(seen[1]).toBeInstanceOf(BrokenCircuitError)
+  })
+
+  // A promise is truthy: an async shouldFallback (a JavaScript caller's, or one cast past the
+  // types) made every failure fall back, the 400s it meant to let through included.
+  it.each([
+    ['directly', (policy: FallbackPolicy<string>, fn: () => Promise<never>) => policy.execute(fn)],
+    [
+      'fused',
+      (policy: FallbackPolicy<string>, fn: () => Promise<never>) =>
+        pipeline(policy, bulkhead({ maxConcurrent: 1 })).execute(fn),
+    ],
+  ] as const)('refuses a shouldFallback that returns a promise, naming it (%s)', async (_, run) => {
+    const policy = fallback('x', {
+      shouldFallback: (async () => false) as unknown as FallbackOptions['shouldFallback'],
+    })
+    const events: FallbackEvent[] = []
+    policy.events.on((e) => events.push(e))
+    await expect(run(policy, () => Promise.reject(new Error('bad request')))).rejects.toMatchObject(
+      {
+        code: 'INVALID_OPTION',
+        option: 'fallback.shouldFallback',
+      },
+    )
+    expect(events).toEqual([])
   })
 
   it('rejects a shouldFallback that is not a function', () => {
