@@ -357,7 +357,9 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
   // Map or Set from there was written `{}` (their contents are no enumerable properties).
   if (types.isDate(object))
     return Number.isNaN(object.getTime()) ? 'Invalid Date' : object.toISOString()
-  if (object instanceof URL) return redactSecrets(object.href)
+  // As a string (masked, cut short, counted against the line's budget): a data: URL holds its
+  // whole payload in its href.
+  if (object instanceof URL) return sanitize(object.href, core, depth, walk)
   if (ArrayBuffer.isView(object)) return `[${object.byteLength} bytes]`
   seen.add(object)
   try {

@@ -89,4 +89,13 @@ describe('createJsonLogger: the size of one line is bounded', () => {
       JSON.parse(line)
     }
   })
+
+  it('cuts a long URL short, as a string value is cut', () => {
+    // A data: URL holds its whole payload in its href.
+    const out = captureLines()
+    const log = createJsonLogger({ output: out })
+    log.info('url', { url: new URL(`data:text/plain,${'a'.repeat(5_000_000)}`) })
+    expect(out.lines[0]!.length).toBeLessThan(10_000)
+    expect(JSON.parse(out.lines[0]!).url).toBe(`data:text/plain,${'a'.repeat(8_176)}…`)
+  })
 })
