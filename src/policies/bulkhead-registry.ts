@@ -80,8 +80,13 @@ export function createBulkheads<const K extends string>(
     get(name: K): Bulkhead {
       const found = byName.get(name)
       if (found === undefined) {
-        const known = names.map((n) => `"${n}"`).join(', ')
-        throw new InvalidOptionError('bulkheads.get(name)', `one of ${known}`, name)
+        // Quoted as JSON, so a name holding a quote or a comma reads as one name; a registry
+        // built from a config that defines none (has() serves it) says so.
+        const known =
+          names.length === 0
+            ? 'a name this registry defines (it defines none)'
+            : `one of ${names.map((n) => JSON.stringify(n)).join(', ')}`
+        throw new InvalidOptionError('bulkheads.get(name)', known, name)
       }
       return found
     },

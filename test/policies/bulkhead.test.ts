@@ -328,6 +328,23 @@ describe('createBulkheads', () => {
     )
   })
 
+  // The refusal listed the names as "${n}": an empty registry (built from a config that defines
+  // none, which has() serves) read 'expected one of , got "Z"', and a name holding a quote
+  // could not be told apart from two names.
+  it.each([
+    [{}, 'bulkheads.get(name): expected a name this registry defines (it defines none), got "Z"'],
+    [
+      { 'a"b': { maxConcurrent: 1 }, c: { maxConcurrent: 1 } },
+      'bulkheads.get(name): expected one of "a\\"b", "c", got "Z"',
+    ],
+  ] as const)(
+    'names the known names in the refusal of an unknown one (%j)',
+    (definitions, message) => {
+      const bulkheads = createBulkheads(definitions as Record<string, { maxConcurrent: number }>)
+      expect((thrown(() => bulkheads.get('Z')) as Error).message).toBe(message)
+    },
+  )
+
   it('names the bad entry in InvalidOptionError', () => {
     const error = thrown(() =>
       createBulkheads({ B: { maxConcurrent: 1 }, C: { maxConcurrent: 1, maxQueued: -2 } }),
