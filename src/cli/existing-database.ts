@@ -163,12 +163,27 @@ export async function openAnsweringDatabase(url: string, signal?: AbortSignal): 
     } catch (error) {
       await db.close().catch(() => {})
       signal?.throwIfAborted()
-      throw error
+      throw missingPassword(error) ?? error
     } finally {
       signal?.removeEventListener('abort', abandon)
     }
   }
   return db
+}
+
+// pg's words when the server asks for a password (SCRAM, PostgreSQL's default since 14) and
+// neither the URL, PGPASSWORD nor ~/.pgpass gave one, or gave an empty one: they name neither
+// the password nor where it goes, and the relay's usage shows `postgres://user@host/db`.
+const scramWithoutPassword =
+  /^SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a (non-empty )?string$/
+
+/** The error to report for `error` when it says the password is missing; else undefined. */
+function missingPassword(error: unknown): Error | undefined {
+  if (!scramWithoutPassword.test(messageOf(error))) return undefined
+  return new Error(
+    'the server asks for a password and none was given: put it in the URL (postgres://<user>:<password>@<host>/<db>, best through BREAKWATER_DB_URL) or set PGPASSWORD',
+    { cause: error },
+  )
 }
 
 /** Checks, read-only, that `filename` is a breakwater database; `migrate` is the hint to give. */
