@@ -78,7 +78,9 @@ export interface NatsStreamSpec {
 export interface NatsBrokerOptions extends BrokerCommonOptions {
   /**
    * One stream for every topic instead of one stream per topic. Its subjects must cover every
-   * topic; a topic it does not cover fails with `BROKER_UNROUTABLE`.
+   * topic; a topic it does not cover fails with `BROKER_UNROUTABLE`. Needed to subscribe to a
+   * wildcard topic (`orders.*`), which is refused without it: a stream per topic made for the
+   * wildcard would store the subjects of every topic it matches.
    * @default one stream per topic
    */
   readonly stream?: NatsStreamSpec | undefined
@@ -719,6 +721,16 @@ class NatsPublisher implements Publisher {
           `topic ${JSON.stringify(topic)} is not a NATS subject (dot-separated non-empty tokens without whitespace)`,
         )
       }
+      // The server stores it under the literal subject, and a stream per topic made for it
+      // covers every concrete topic it matches, whose own streams then cannot be created: their
+      // publishes failed for good (BROKER_MISCONFIGURED), and a relay dead-lettered them.
+      if (hasWildcard(topic)) {
+        throw new BrokerError(
+          'BROKER_REJECTED',
+          'nats',
+          `topic ${JSON.stringify(topic)} holds a wildcard token (* or >); a message is published to one concrete subject`,
+        )
+      }
       await untilAborted(this.#ensureStream(nc, streamFor(options, topic)), signal)
     }
     // Every message goes out before the first ack is awaited (the driver writes them in one
@@ -909,6 +921,14 @@ function watchSettleRefusals(nc: NatsConnection, report: (error: BrokerError) =>
   })
 }
 
+/**
+ * Whether a subject holds a wildcard: a token that is `*` or `>` (inside a token they are
+ * literal characters).
+ */
+function hasWildcard(topic: string): boolean {
+  return topic.split('.').some((token) => token === '*' || token === '>')
+}
+
 /** Whether a topic is a subject NATS takes: non-empty dot-separated tokens, no whitespace. */
 function isSubject(topic: string): boolean {
   return topic.split('.').every((token) => token !== '' && !/\s/.test(token))
@@ -1053,6 +1073,16 @@ class NatsSubscriber implements Subscriber {
       throw new InvalidOptionError(
         'topic',
         'a NATS subject (dot-separated non-empty tokens without whitespace)',
+        topic,
+      )
+    }
+    // A stream per topic made for orders.* would store every orders.<x> subject, so the
+    // concrete topics' own streams could not be created and their publishes failed for good.
+    // In one shared stream a wildcard is only the consumer's filter.
+    if (this.#options.stream === undefined && hasWildcard(topic)) {
+      throw new InvalidOptionError(
+        'topic',
+        'a NATS subject without wildcard tokens (* or >) unless nats.stream is set: a stream per topic made for a wildcard would take the subjects of the topics it matches',
         topic,
       )
     }

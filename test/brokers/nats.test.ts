@@ -348,10 +348,53 @@ describe('nats specifics', () => {
       expect(error, topic).toBeInstanceOf(InvalidOptionError)
       expect((error as InvalidOptionError).option, topic).toBe('topic')
     }
-    // Wildcards are subjects a subscription may use.
+  })
+
+  it('refuses a wildcard topic where it would make a stream that takes its concrete topics: a subscription without the shared stream option, and any publish', async () => {
+    // With a stream per topic, subscribing to orders.* created a stream over orders.*: every
+    // later publish to orders.created then failed for good (its own stream overlaps it), so a
+    // relay dead-lettered those events. A publish to a wildcard subject did the same.
+    const url = await brokerUrl('nats')
+    const broker = testBroker('nats', url)
+    closers.push(() => broker.close())
     const prefix = unique('wild')
-    const subscription = await broker.subscriber.subscribe(`${prefix}.*`, 'g', async () => {})
-    await subscription.close()
+    for (const topic of [`${prefix}.*`, `${prefix}.>`, `${prefix}.*.x`]) {
+      const error = await rejectionOf(broker.subscriber.subscribe(topic, 'g', async () => {}))
+      expect(error, topic).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option, topic).toBe('topic')
+      expect((error as Error).message, topic).toContain('nats.stream')
+      const published = await rejectionOf(
+        broker.publisher.publish([{ id: unique('m'), topic, key: 'k', payload: '', headers: {} }]),
+      )
+      expectBrokerError(published, 'BROKER_REJECTED', false, topic)
+      expect((published as Error).message, topic).toMatch(/wildcard/)
+    }
+    // Nothing was created over the concrete topics: they publish and deliver as before.
+    const concrete = `${prefix}.created`
+    const received = new Received()
+    await broker.subscriber.subscribe(concrete, unique('g'), async (m) => received.record(m))
+    await broker.publisher.publish(makeBatch(concrete, 1, 1))
+    await received.until(() => received.messages.length >= 1, 'the concrete topic')
+    // A '*' or '>' inside a token is no wildcard: NATS reads it literally.
+    await broker.publisher.publish([
+      { id: unique('m'), topic: `${prefix}.a*b`, key: 'k', payload: '', headers: {} },
+    ])
+
+    // In one shared stream a wildcard subscription is a consumer filter over its topics.
+    const shared = createNatsBroker({
+      url,
+      stream: { name: `${prefix}-all`, subjects: [`${prefix}-all.>`] },
+      retryDelayMs: 50,
+    })
+    closers.push(() => shared.close())
+    const all = new Received()
+    await shared.subscriber.subscribe(`${prefix}-all.*`, unique('g'), async (m) => all.record(m))
+    await shared.publisher.publish([
+      ...makeBatch(`${prefix}-all.a`, 1, 1, 'a'),
+      ...makeBatch(`${prefix}-all.b`, 1, 1, 'b'),
+    ])
+    await all.until(() => all.messages.length >= 2, 'both topics through the wildcard')
+    expect(all.messages.map((m) => m.topic).sort()).toEqual([`${prefix}-all.a`, `${prefix}-all.b`])
   })
 
   it('fits the default duplicate window to a shorter maxAgeMs and refuses a longer one given', async () => {
