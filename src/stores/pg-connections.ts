@@ -72,6 +72,18 @@ export class PgSockets {
     return socket
   }
 
+  /**
+   * Destroys every socket still open; for `close()`, once the pool has ended and its
+   * connections have closed. One left then belongs to a connection that failed while it was
+   * opened, after the server had answered: pg leaves that socket open when it gives up on the
+   * authentication itself (a password the server asks for and nobody gave), and the server
+   * closes it only at its `authentication_timeout` (60 s by default), the socket holding the
+   * process open all the while (`breakwater saga list` printed its error, then hung a minute).
+   */
+  destroyLeftOpen(): void {
+    for (const socket of this.#open) socket.destroy()
+  }
+
   /** Destroys the open sockets that have read nothing: connects still under way. */
   destroyUnanswered(): void {
     for (const socket of this.#open)

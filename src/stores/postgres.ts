@@ -940,6 +940,9 @@ export class PostgresDriver implements SqlDriver {
     // end() does not wait for the sockets to close (see OpenPoolConnections); close() does, so
     // that the server has let go of every session when it resolves.
     await this.#connections.allClosed(this.#clock, closeSocketsLimitMs)
+    // What is still open now serves no connection: a connect that failed after the server
+    // answered, which pg does not close (see PgSockets.destroyLeftOpen).
+    this.#sockets.destroyLeftOpen()
   }
 }
 

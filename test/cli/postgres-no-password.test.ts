@@ -1,12 +1,16 @@
 // A postgres:// URL without a password (the relay's usage shows `postgres://user@host/db`, with
 // PGPASSWORD beside it) for a server that asks for one: the command said pg's words for it,
 // "SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a string", which names neither the
-// password nor where it goes. Real PostgreSQL (the test server authenticates with SCRAM).
+// password nor where it goes. And then did not end for a minute: pg leaves the socket of a
+// connection whose authentication failed open, and it held the process open until the server
+// gave up on it (authentication_timeout, 60 s by default). Real PostgreSQL (the test server
+// authenticates with SCRAM).
 import { EventEmitter } from 'node:events'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { migrateCommand } from '../../src/cli/migrate.js'
 import { relayCommand } from '../../src/cli/relay.js'
 import { sagaCommand } from '../../src/cli/saga.js'
+import { spawnCli } from '../process/cli-process.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
 import { type CapturedEntry, runCaptured } from './captured.js'
 
@@ -57,4 +61,25 @@ describe('a postgres:// URL without the password the server asks for', () => {
       }
     },
   )
+})
+
+describe('breakwater saga list with a postgres:// URL without the password, as a process', () => {
+  it('ends once it has said so, not when the server gives up on the connection', async () => {
+    const cli = spawnCli(['saga', 'list', '--db', urlWith('')])
+    // The defect is a hang of authentication_timeout (60 s): a guard well below it is the
+    // assertion, not a sleep. The process prints at once and used to wait out the rest.
+    let killed = false
+    const guard = setTimeout(() => {
+      killed = true
+      cli.kill()
+    }, 30_000)
+    try {
+      const { code } = await cli.exited
+      expect(killed).toBe(false)
+      expect(code).toBe(1)
+      expect(cli.stderr()).toContain('the server asks for a password and none was given')
+    } finally {
+      clearTimeout(guard)
+    }
+  }, 40_000)
 })
