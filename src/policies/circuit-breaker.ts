@@ -10,6 +10,7 @@ import {
 import {
   type AbortListener,
   type CancelParent,
+  cancelScope,
   listen,
   parentOf,
   unlisten,
@@ -18,7 +19,17 @@ import { classifyFailure } from './classify.js'
 import { currentDeadline, currentDeadlineScope } from './deadline.js'
 import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
+import {
+  type FusablePolicy,
+  type FusedStep,
+  fusedStep,
+  slowPath,
+  timeoutEnd,
+  timeoutEndOf,
+  timeoutLeft,
+  timeoutLeftOf,
+  timeoutObserver,
+} from './fused.js'
 import {
   fnRefusal,
   optional,
@@ -76,7 +87,8 @@ export type CircuitBreakerEvent =
        * (its outcome says nothing about the downstream; such a probe frees its slot for
        * another probe), or it is `stale`. `error` is what the call threw, undefined when it
        * returned. A half-open probe cut off by its caller is reported when the cut comes, not
-       * when fn settles (its slot is given back then), with the abort's reason as `error`.
+       * when fn settles (its slot is given back then), with the abort's reason as `error`; one
+       * whose own timeout inside the breaker ran out, as a `failure` when it ran out.
        */
       readonly type: 'ignored'
       readonly error: unknown
@@ -434,13 +446,19 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
     const watch = probe
-      ? ProbeWatch.start(parent, (reason) => this.#probeCutOff(epoch, startMs, reason))
+      ? ProbeWatch.start(
+          parent,
+          context,
+          (reason) => this.#probeCutOff(epoch, startMs, reason),
+          (error) => this.#probeTimedOut(epoch, startMs, error),
+        )
       : undefined
     let result: PromiseLike<T> | T
     try {
-      result = next(fn, context)
+      // Policies inside a probe run in the watch, which hears of their timeout running out.
+      result = next(fn, watch !== undefined && next !== callDirectly ? watch : context)
     } catch (error) {
-      if (watch?.settled() === true) return Promise.reject(error)
+      if (watch?.settled() === true) return Promise.reject(watch.failure(error))
       try {
         this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
       } catch (bookkeeping) {
@@ -451,11 +469,12 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     return Promise.resolve(result).then(
       (value) => {
         if (watch?.settled() !== true) this.#onValue(epoch, startMs)
+        else if (watch.failed) throw watch.failure(undefined)
         return value
       },
       (error: unknown) => {
-        if (watch?.settled() !== true)
-          this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
+        if (watch?.settled() === true) throw watch.failure(error)
+        this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
         throw error
       },
     )
@@ -470,6 +489,18 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   #probeCutOff(epoch: number, startMs: number, reason: unknown): void {
     const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
     this.#onOutcome(epoch, slow ? 'slow' : 'ignored', reason)
+  }
+
+  /**
+   * Records a probe whose own timeout (a timeout policy inside the breaker) ran out, at once,
+   * as its failure would be recorded: a cooperative timeout waits for fn, which may never
+   * settle. A timeout clamped to the deadline that ran out is the caller's deadline passing,
+   * a cut as above.
+   */
+  #probeTimedOut(epoch: number, startMs: number, error: unknown): void {
+    if (BreakwaterError.is(error) && error.code === 'DEADLINE_EXCEEDED')
+      this.#probeCutOff(epoch, startMs, error)
+    else this.#onError(error, epoch, startMs, false)
   }
 
   // True when #admit would admit a call as a probe (moving an open circuit whose cooldown has
@@ -618,55 +649,103 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   }
 }
 
-// Watches a running probe for its caller cutting it off: the caller's signal (or the scope of
-// an outer policy, whose timeout running out is such a cut) and the deadline it runs under.
-// Probes are rare (halfOpenProbes per cooldown), so this costs nothing on the common path.
-// Whichever comes first decides the probe's outcome: the cut (then fn's later outcome, if any,
-// is not recorded or reported again) or fn settling.
-class ProbeWatch implements AbortListener {
-  readonly #cutOff: (reason: unknown) => void
+// Watches a running probe for its caller cutting it off (the caller's signal, or the scope of an
+// outer policy whose timeout running out is such a cut, and the deadline it runs under) and,
+// as the context the policies inside run in, for their timeout running out. Probes are rare
+// (halfOpenProbes per cooldown), so this costs nothing on the common path. Whichever comes
+// first decides the probe's outcome: a cut or a timeout (then fn's later outcome, if any, is not
+// recorded or reported again), or fn settling.
+class ProbeWatch implements AbortListener, PolicyContext {
+  readonly #context: PolicyContext
   readonly #parent: CancelParent | undefined
   readonly #deadline: CancelParent | undefined
+  readonly #cutOff: (reason: unknown) => void
+  readonly #timedOut: (error: unknown) => void
   #done = false
+  // What a throwing isFailure threw while the timeout was recorded: the call rejects with it.
+  #failure: { error: unknown } | undefined
 
   private constructor(
-    cutOff: (reason: unknown) => void,
+    context: PolicyContext,
     parent: CancelParent | undefined,
     deadline: CancelParent | undefined,
+    cutOff: (reason: unknown) => void,
+    timedOut: (error: unknown) => void,
   ) {
-    this.#cutOff = cutOff
+    this.#context = context
     this.#parent = parent
     this.#deadline = deadline
+    this.#cutOff = cutOff
+    this.#timedOut = timedOut
   }
 
-  /** Starts watching; undefined when nothing can cut the probe off. */
+  /** Starts watching a probe admitted under `parent`, in `context`. */
   static start(
     parent: CancelParent | undefined,
+    context: PolicyContext,
     cutOff: (reason: unknown) => void,
-  ): ProbeWatch | undefined {
+    timedOut: (error: unknown) => void,
+  ): ProbeWatch {
     // A deadline already passed is left to fn's own outcome (inner policies refuse the call
     // with started: false): listening would abort its scope here, inside the admission.
     const scope = currentDeadlineScope()
     const deadline = scope !== undefined && scope.remainingMs() > 0 ? scope : undefined
-    if (parent === undefined && deadline === undefined) return undefined
-    const watch = new ProbeWatch(cutOff, parent, deadline)
+    const watch = new ProbeWatch(context, parent, deadline, cutOff, timedOut)
     listen(parent, watch)
     listen(deadline, watch)
     return watch
   }
 
+  get signal(): AbortSignal {
+    return this.#context.signal
+  }
+
+  get attempt(): number {
+    return this.#context.attempt
+  }
+
+  [cancelScope](): CancelParent | undefined {
+    return this.#parent
+  }
+
+  [timeoutEnd](): number | undefined {
+    return timeoutEndOf(this.#context)
+  }
+
+  [timeoutLeft](): number | undefined {
+    return timeoutLeftOf(this.#context)
+  }
+
+  [timeoutObserver](error: unknown): void {
+    if (this.settled()) return
+    try {
+      this.#timedOut(error)
+    } catch (failure) {
+      this.#failure = { error: failure }
+    }
+  }
+
   parentAborted(reason: unknown): void {
-    if (this.#done) return
-    this.settled()
+    if (this.settled()) return
     this.#cutOff(reason)
   }
 
-  /** fn settled, or the caller cut the probe off: true when the cut came first. */
+  /** fn settled, or the probe was decided before: true when it was decided before. */
   settled(): boolean {
     if (this.#done) return true
     this.#done = true
     unlisten(this.#parent, this)
     unlisten(this.#deadline, this)
     return false
+  }
+
+  /** True when recording the probe's timeout threw (see failure). */
+  get failed(): boolean {
+    return this.#failure !== undefined
+  }
+
+  /** What the call rejects with: what recording threw, else `error`. */
+  failure(error: unknown): unknown {
+    return this.#failure === undefined ? error : this.#failure.error
   }
 }

@@ -66,6 +66,26 @@ export function timeoutLeftOf(context: PolicyContext | undefined): number | unde
   return typeof left === 'function' ? left.call(context) : undefined
 }
 
+/**
+ * Key of a context's method that a timeout policy running in that context calls when its own
+ * timer runs out, with the error it ran out with (a `TimeoutError`, or a `DeadlineExceededError`
+ * when clamped to the deadline), whether or not fn settles then. Internal: a circuit breaker
+ * hands its half-open probes such a context, so that a cooperative timeout inside, which waits
+ * for fn, does not keep the probe's slot while fn ignores its signal.
+ */
+export const timeoutObserver: unique symbol = Symbol('breakwater.timeoutObserver')
+
+/** The timeout observer of `context`, or undefined when it has none. */
+export function timeoutObserverOf(
+  context: PolicyContext | undefined,
+): ((error: unknown) => void) | undefined {
+  if (context === undefined) return undefined
+  const observer = (context as { [timeoutObserver]?: unknown })[timeoutObserver]
+  return typeof observer === 'function'
+    ? (observer.bind(context) as (error: unknown) => void)
+    : undefined
+}
+
 /** The lesser of two times left, either unknown (undefined). */
 export function earlierLeft(a: number | undefined, b: number | undefined): number | undefined {
   return a === undefined ? b : b === undefined || a <= b ? a : b

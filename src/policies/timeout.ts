@@ -21,6 +21,7 @@ import {
   timeoutEnd,
   timeoutLeft,
   timeoutLeftOf,
+  timeoutObserverOf,
 } from './fused.js'
 import { fnRefusal, optionalClock, optionalOneOf } from './options.js'
 import {
@@ -169,6 +170,8 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     // reason must not depend on whether somebody happened to read a signal on the way.
     if (!this.aborted) this.abort(reason)
     this.#policy.reportTimeout(this.#limitMs, this.#byDeadline)
+    // Told now, not when fn settles: a cooperative call waits for fn, which may never come.
+    timeoutObserverOf(this.#enclosing)?.(reason)
     if (this.#policy.mode === 'hard') this.#fail(reason)
   }
 

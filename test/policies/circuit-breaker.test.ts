@@ -6,6 +6,7 @@ import {
   BreakwaterError,
   BrokenCircuitError,
   BulkheadRejectedError,
+  bulkhead,
   type CircuitBreakerEvent,
   type CircuitBreakerOptions,
   circuitBreaker,
@@ -433,6 +434,50 @@ describe('circuitBreaker: half-open', () => {
       expect(breaker.state).toBe('closed')
     },
   )
+
+  // The recommended stack puts the per-try timeout inside the breaker; a cooperative one waits
+  // for fn, so a probe whose fn ignores its signal used to hold the slot for good there too.
+  // Its timeout running out is the downstream's slowness: a failure, at once.
+  it.each([
+    ['a cooperative timeout', (clock: ManualClock) => [timeout(100, { clock })]],
+    [
+      'a cooperative timeout and a bulkhead',
+      (clock: ManualClock) => [timeout(100, { clock }), bulkhead({ maxConcurrent: 1 })],
+    ],
+    ['a hard timeout', (clock: ManualClock) => [timeout(100, { clock, mode: 'hard' })]],
+  ] as const)(
+    'a probe whose own timeout (%s) runs out counts as a failure although fn never settles',
+    async (_, inner) => {
+      const { clock, breaker, events } = await toHalfOpen()
+      void pipeline(breaker, ...inner(clock))
+        .execute(never)
+        .catch(() => {})
+      events.length = 0
+      await clock.advance(100)
+      expect(events).toMatchObject([
+        { type: 'failure', reason: 'error', error: { code: 'TIMEOUT' } },
+        { type: 'stateChange', from: 'half-open', to: 'open' },
+      ])
+    },
+  )
+
+  it('a probe whose timeout runs out and whose isFailure throws rejects with that error and frees its slot', async () => {
+    let throwing = false
+    const { clock, breaker } = await toHalfOpen({
+      isFailure: () => {
+        if (throwing) throw new Error('isFailure broke')
+        return true
+      },
+    })
+    throwing = true
+    const call = pipeline(breaker, timeout(100, { clock, mode: 'hard' })).execute(never)
+    const settled = call.catch((error: unknown) => error)
+    await clock.advance(100)
+    expect(await settled).toMatchObject({ message: 'isFailure broke' })
+    expect(breaker.state).toBe('half-open')
+    throwing = false
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+  })
 
   it('a never-settling probe cut off after slowCallMs counts as slow at the abort', async () => {
     const { clock, breaker, events } = await toHalfOpen({ slowCallMs: 50 })
