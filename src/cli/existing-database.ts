@@ -181,7 +181,7 @@ const scramWithoutPassword =
 function missingPassword(error: unknown): Error | undefined {
   if (!scramWithoutPassword.test(messageOf(error))) return undefined
   return new Error(
-    'the server asks for a password and none was given: put it in the URL (postgres://<user>:<password>@<host>/<db>, best through BREAKWATER_DB_URL) or set PGPASSWORD',
+    'the server asks for a password and none was given: put it in the URL (postgres://<user>:<password>@<host>/<db>, best kept in BREAKWATER_DB_URL or BREAKWATER_BROKER_URL) or set PGPASSWORD',
     { cause: error },
   )
 }

@@ -54,7 +54,7 @@ describe('a postgres:// URL without the password the server asks for', () => {
         const result = await runCaptured(entry, [...args, '--db', url])
         expect(result.code).toBe(1)
         expect(result.stderr).toContain(
-          'the server asks for a password and none was given: put it in the URL (postgres://<user>:<password>@<host>/<db>, best through BREAKWATER_DB_URL) or set PGPASSWORD',
+          'the server asks for a password and none was given: put it in the URL (postgres://<user>:<password>@<host>/<db>, best kept in BREAKWATER_DB_URL or BREAKWATER_BROKER_URL) or set PGPASSWORD',
         )
         expect(result.stderr).not.toContain('SASL')
         expect(result.stderr).toMatch(new RegExp(`^breakwater ${name}: `))
