@@ -17,7 +17,14 @@ import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
 import { type BrokerTlsOptions, type ResolvedTlsOptions, resolveTlsOptions } from './tls.js'
-import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
+import type {
+  Broker,
+  IncomingMessage,
+  OutgoingMessage,
+  Publisher,
+  Subscriber,
+  Subscription,
+} from './types.js'
 
 /**
  * The header that carries {@link OutgoingMessage.key} on brokers without a key field (NATS,
@@ -628,6 +635,27 @@ export function lazyDriver<T>(name: string, load: () => Promise<T>): () => Promi
     })
     return loading
   }
+}
+
+/**
+ * A subscription of `live` (its subscriber's set) whose `close()` runs `close` once, every call
+ * waiting for that one run, and leaves `live` only when it is done. It left the set as its close
+ * began, so the subscriber's `close()` (the broker's), called meanwhile, resolved at once while
+ * the subscription's handlers still ran and their acks were still to be sent.
+ */
+export function trackedSubscription(
+  live: Set<Subscription>,
+  close: () => Promise<void>,
+): Subscription {
+  let closing: Promise<void> | undefined
+  const subscription: Subscription = {
+    close: () => {
+      closing ??= close().finally(() => live.delete(subscription))
+      return closing
+    },
+  }
+  live.add(subscription)
+  return subscription
 }
 
 /** Pairs an adapter's publisher and subscriber as a {@link Broker} whose `close()` closes both. */

@@ -33,6 +33,7 @@ import {
   safeName,
   subscriptionDispatcher,
   throwIfAborted,
+  trackedSubscription,
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -1119,20 +1120,15 @@ class NatsSubscriber implements Subscriber {
       await inner.close()
       throw closedError('nats', 'subscriber')
     }
-    const subscription: Subscription = {
-      close: async () => {
-        this.#subscriptions.delete(subscription)
-        // The consumer stops first, or JetStream would hand every released delivery straight
-        // back while handlers finish. Running handlers then finish and ack, queued deliveries
-        // are released, while the current session's connection is still open; then the
-        // session closes.
-        await inner.stopReceiving()
-        await state.dispatcher.close()
-        await inner.close()
-      },
-    }
-    this.#subscriptions.add(subscription)
-    return subscription
+    return trackedSubscription(this.#subscriptions, async () => {
+      // The consumer stops first, or JetStream would hand every released delivery straight
+      // back while handlers finish. Running handlers then finish and ack, queued deliveries
+      // are released, while the current session's connection is still open; then the
+      // session closes.
+      await inner.stopReceiving()
+      await state.dispatcher.close()
+      await inner.close()
+    })
   }
 
   async close(): Promise<void> {

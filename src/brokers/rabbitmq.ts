@@ -26,6 +26,7 @@ import {
   shielded,
   subscriptionDispatcher,
   throwIfAborted,
+  trackedSubscription,
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -1158,21 +1159,16 @@ class RabbitSubscriber implements Subscriber {
       await inner.close()
       throw closedError('rabbitmq', 'subscriber')
     }
-    const subscription: Subscription = {
-      close: async () => {
-        this.#subscriptions.delete(subscription)
-        abort.abort()
-        // The consumer is cancelled first: RabbitMQ delivers nothing more while running
-        // handlers finish.
-        await inner.stopReceiving()
-        // Waits for the running handlers and their acks; what never ran stays unacked for the
-        // channel's close to return, in order (see settle in #open).
-        await dispatcher.close()
-        await inner.close()
-      },
-    }
-    this.#subscriptions.add(subscription)
-    return subscription
+    return trackedSubscription(this.#subscriptions, async () => {
+      abort.abort()
+      // The consumer is cancelled first: RabbitMQ delivers nothing more while running
+      // handlers finish.
+      await inner.stopReceiving()
+      // Waits for the running handlers and their acks; what never ran stays unacked for the
+      // channel's close to return, in order (see settle in #open).
+      await dispatcher.close()
+      await inner.close()
+    })
   }
 
   async close(): Promise<void> {

@@ -24,6 +24,7 @@ import {
   resolveCommonOptions,
   subscriptionDispatcher,
   throwIfAborted,
+  trackedSubscription,
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -1082,19 +1083,14 @@ class RedisSubscriber implements Subscriber {
       releaseName()
       throw closedError('redis', 'subscriber')
     }
-    const subscription: Subscription = {
-      close: async () => {
-        this.#subscriptions.delete(subscription)
-        // Reading and claiming stop first, or entries the dispatcher releases would be claimed
-        // straight back while running handlers finish.
-        await inner.stopReceiving()
-        await state.dispatcher.close()
-        await inner.close()
-        releaseName()
-      },
-    }
-    this.#subscriptions.add(subscription)
-    return subscription
+    return trackedSubscription(this.#subscriptions, async () => {
+      // Reading and claiming stop first, or entries the dispatcher releases would be claimed
+      // straight back while running handlers finish.
+      await inner.stopReceiving()
+      await state.dispatcher.close()
+      await inner.close()
+      releaseName()
+    })
   }
 
   async close(): Promise<void> {

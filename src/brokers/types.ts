@@ -96,7 +96,11 @@ export interface Subscriber {
     group: string,
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription>
-  /** Closes every subscription and the connection. */
+  /**
+   * Closes every subscription and the connection; resolves once each subscription's running
+   * handlers have finished and been acknowledged, those of a subscription whose own `close()`
+   * was already under way included.
+   */
   close(): Promise<void>
 }
 
