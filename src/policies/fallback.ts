@@ -1,9 +1,8 @@
-import { InvalidOptionError } from '../core/errors.js'
 import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
-import { fnRefusal, optionalFunction } from './options.js'
+import { fnRefusal, optionalFunction, predicateAnswer } from './options.js'
 import {
   callDirectly,
   contextFor,
@@ -140,16 +139,7 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   #fallsBack(error: unknown): boolean {
     const shouldFallback = this.#shouldFallback
     if (shouldFallback === undefined) return true
-    const answer: unknown = shouldFallback(error)
-    if (isThenable(answer)) {
-      Promise.resolve(answer).catch(() => {})
-      throw new InvalidOptionError(
-        'fallback.shouldFallback',
-        'a function returning true or false, not a promise (it is not awaited)',
-        answer,
-      )
-    }
-    return Boolean(answer)
+    return predicateAnswer('fallback.shouldFallback', shouldFallback(error))
   }
 
   async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {

@@ -6,6 +6,7 @@ import {
   checkInteger,
   checkNumber,
   checkOneOf,
+  isDroppedPromise,
 } from '../core/validate.js'
 
 // The policies' optional options, read one way: only `undefined` (left out) means the default.
@@ -121,4 +122,29 @@ function checkString(option: string, value: unknown): string {
  */
 export function fnRefusal(option: string, value: unknown): Promise<never> {
   return Promise.reject(new InvalidOptionError(option, 'a function', value))
+}
+
+/**
+ * The answer of a user predicate the policies call synchronously and read as a boolean
+ * (`retry.shouldRetry`, `circuitBreaker.isFailure`, `fallback.shouldFallback`), named `option`.
+ * A promise (an async predicate, from JavaScript or cast past the types) is truthy, so it would
+ * read as true for every error, whatever it meant to say: it is refused with
+ * `InvalidOptionError` instead, and its outcome dropped (a rejection would otherwise be
+ * unhandled, which ends a Node process). Other answers keep their truthiness. Called on the
+ * failure path only, where the predicate runs anyway; a boolean costs a `typeof`, no allocation.
+ *
+ * @example
+ * ```ts
+ * if (!predicateAnswer('retry.shouldRetry', shouldRetry(error, attempt))) throw error
+ * ```
+ */
+export function predicateAnswer(option: string, answer: unknown): boolean {
+  if (isDroppedPromise(answer)) {
+    throw new InvalidOptionError(
+      option,
+      'a function returning true or false, not a promise (it is not awaited)',
+      answer,
+    )
+  }
+  return Boolean(answer)
 }

@@ -42,6 +42,7 @@ import {
   optionalFunction,
   optionalInteger,
   optionalNumber,
+  predicateAnswer,
 } from './options.js'
 import {
   type ChainablePolicy,
@@ -91,7 +92,9 @@ export interface RetryOptions {
   /**
    * Decides whether a failure is worth another attempt. `attempt` is the number of the attempt
    * that failed (1 for the first call). If it throws, the call rejects with that error (reported
-   * as a `notRetryable` give-up).
+   * as a `notRetryable` give-up). Called synchronously: one that returns a promise (an async
+   * function), which would read as true for every failure, makes the call reject with
+   * `InvalidOptionError` naming `retry.shouldRetry` (reported the same way).
    * @default isTransientFailure (timeouts, refused or reset connections, 408/429/502/503/504,
    * database deadlocks, serialization failures and busy locks)
    */
@@ -622,10 +625,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   }
 
   // A shouldRetry that throws ends the call with its own error (a bug to surface, not hide),
-  // but the call has still given up: the event and the metric must say so.
+  // but the call has still given up: the event and the metric must say so. One that returns a
+  // promise (an async function) is such a bug too: the promise is truthy, and every failure,
+  // those it meant to give up on included, would be retried until maxAttempts.
   #askShouldRetry(error: unknown, attempt: number): boolean {
     try {
-      return this.#shouldRetry(error, attempt)
+      return predicateAnswer('retry.shouldRetry', this.#shouldRetry(error, attempt))
     } catch (failure) {
       this.#giveUp(attempt, 'notRetryable', error)
       throw failure

@@ -3,11 +3,12 @@ import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { sleep } from '../../src/core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { bulkhead } from '../../src/policies/bulkhead.js'
 import { currentDeadline, withDeadline } from '../../src/policies/deadline.js'
 import { DeadlineExceededError, TimeoutError } from '../../src/policies/errors.js'
 import { pipeline } from '../../src/policies/pipeline.js'
 import { seededRandom } from '../../src/policies/random.js'
-import { type RetryEvent, retry } from '../../src/policies/retry.js'
+import { type RetryEvent, type RetryOptions, retry } from '../../src/policies/retry.js'
 import { timeout } from '../../src/policies/timeout.js'
 import type { Policy } from '../../src/policies/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
@@ -542,6 +543,55 @@ describe('retry', () => {
         }),
       ).rejects.toBe(bug)
       expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason, error: failure }])
+    },
+  )
+
+  // A promise is truthy: an async shouldRetry (a JavaScript caller's, or one cast past the
+  // types) retried every failure, the 400s it meant to give up on included, until maxAttempts.
+  it.each([
+    ['directly', (policy: Policy, fn: () => never) => policy.execute(fn)],
+    [
+      'fused',
+      (policy: Policy, fn: () => never) =>
+        pipeline(policy, bulkhead({ maxConcurrent: 1 })).execute(fn),
+    ],
+  ] as const)(
+    'refuses a shouldRetry that returns a promise, naming it, and reports the give-up (%s)',
+    async (_, run) => {
+      const clock = new ManualClock()
+      const answers = [
+        async () => false,
+        async () => {
+          // Rejected: left unobserved, it would be an unhandled rejection.
+          throw bug
+        },
+      ]
+      for (const answer of answers) {
+        const policy = retry({
+          clock,
+          shouldRetry: answer as unknown as RetryOptions['shouldRetry'],
+        })
+        const events: RetryEvent[] = []
+        policy.events.on((event) => events.push(event))
+        const failure = httpError(400)
+        let attempts = 0
+        const call = track(
+          clock,
+          run(policy, () => {
+            attempts++
+            throw failure
+          }),
+        )
+        await clock.advance(0)
+        expect(call.settled).toBe(true)
+        expect(call.error).toBeInstanceOf(InvalidOptionError)
+        expect(call.error).toMatchObject({ code: 'INVALID_OPTION', option: 'retry.shouldRetry' })
+        expect(attempts).toBe(1)
+        expect(clock.pendingTimers).toBe(0)
+        expect(events).toEqual([
+          { type: 'giveUp', attempt: 1, reason: 'notRetryable', error: failure },
+        ])
+      }
     },
   )
 
