@@ -17,7 +17,7 @@ import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './d
 import { parseDuration } from './duration.js'
 import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
-import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
+import { addSwitch, counted, redactedJson, refuseOptionFirst, UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
 export type OutboxCommandDeps = DatabaseCommandDeps
@@ -90,6 +90,7 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   const [command, ...rest] = args
   if (command === undefined)
     throw new UsageError('a command is needed: dead, redrive, stats or prune')
+  refuseOptionFirst(command, 'breakwater outbox dead|redrive|stats|prune [options]')
   // Own keys only: `in` also finds Object.prototype's members (constructor, toString).
   if (!Object.hasOwn(allowed, command))
     throw new UsageError(`unknown command "${redactSecrets(command)}"`)

@@ -24,7 +24,14 @@ import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './d
 import { parseDuration } from './duration.js'
 import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
-import { addSwitch, counted, oneLine, redactedJson, UsageError } from './usage.js'
+import {
+  addSwitch,
+  counted,
+  oneLine,
+  redactedJson,
+  refuseOptionFirst,
+  UsageError,
+} from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
@@ -107,11 +114,7 @@ const allowed: Record<Parsed['command'], readonly string[]> = {
 function parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): Parsed {
   const [command, ...rest] = args
   if (command === undefined) throw new UsageError('a command is needed')
-  // `saga --db <url> list` read as a mistyped command named "--db": say where it goes instead.
-  if (command.startsWith('--'))
-    throw new UsageError(
-      `the command comes before its options (breakwater saga list|show|retry|cancel|prune|worker [options]), got the option "${command.split('=')[0]}" first`,
-    )
+  refuseOptionFirst(command, 'breakwater saga list|show|retry|cancel|prune|worker [options]')
   // Own keys only: `in` also finds Object.prototype's members (constructor, toString).
   if (!Object.hasOwn(allowed, command)) throw new UsageError(`unknown command "${command}"`)
   const cmd = command as Parsed['command']

@@ -21,6 +21,19 @@ export function oneLine(message: string): string {
 }
 
 /**
+ * Refuses an option given where a command's first word, its command, belongs: `breakwater saga
+ * --db <url> list` was answered 'unknown command "--db"', as if a command of that name had been
+ * mistyped. `form` is how the command line goes (`breakwater saga list|show [options]`); an
+ * option given as `--db=<url>` is named by its flag alone, keeping the value out of the message.
+ */
+export function refuseOptionFirst(first: string, form: string): void {
+  if (first.startsWith('--'))
+    throw new UsageError(
+      `the command comes before its options (${form}), got the option "${first.split('=')[0]}" first`,
+    )
+}
+
+/**
  * An error's message, or the thrown value as text. An AggregateError (a connect that failed on
  * every address of a host) gives its errors' messages joined: its own message is often empty.
  */

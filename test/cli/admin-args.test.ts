@@ -86,21 +86,67 @@ describe('admin commands: a command named like an Object member', () => {
   })
 })
 
-describe('breakwater saga: an option before the command', () => {
+describe('admin commands: an option before the command', () => {
   // `breakwater saga --db <url> list` was answered 'unknown command "--db"', as if a command of
   // that name had been mistyped: the option goes after the command, and the message says so.
-  it.each([
-    [['--db', 'sqlite:./x.db', 'list'], '--db'],
-    [[`--db=${url}`, 'list'], '--db'],
-    [['--json', 'show', 'some-id'], '--json'],
-  ])('saga %j names the option and where the command goes, exit 2', async (args, option) => {
-    const result = await runCaptured(sagaCommand, args)
-    expect(result.code).toBe(2)
-    expect(result.stderr.split('\n')[0]).toBe(
-      `breakwater saga: the command comes before its options (breakwater saga list|show|retry|cancel|prune|worker [options]), got the option "${option}" first`,
-    )
-    expect(result.stderr).not.toContain('hunter2')
-  })
+  // outbox answered the same until it shared saga's check.
+  const saga = 'breakwater saga list|show|retry|cancel|prune|worker [options]'
+  const outbox = 'breakwater outbox dead|redrive|stats|prune [options]'
+  const cases: ReadonlyArray<{
+    name: string
+    entry: CapturedEntry
+    args: string[]
+    option: string
+    form: string
+  }> = [
+    {
+      name: 'saga',
+      entry: sagaCommand,
+      args: ['--db', 'sqlite:./x.db', 'list'],
+      option: '--db',
+      form: saga,
+    },
+    { name: 'saga', entry: sagaCommand, args: [`--db=${url}`, 'list'], option: '--db', form: saga },
+    {
+      name: 'saga',
+      entry: sagaCommand,
+      args: ['--json', 'show', 'some-id'],
+      option: '--json',
+      form: saga,
+    },
+    {
+      name: 'outbox',
+      entry: outboxCommand,
+      args: ['--db', 'sqlite:./x.db', 'stats'],
+      option: '--db',
+      form: outbox,
+    },
+    {
+      name: 'outbox',
+      entry: outboxCommand,
+      args: [`--db=${url}`, 'dead'],
+      option: '--db',
+      form: outbox,
+    },
+    {
+      name: 'outbox',
+      entry: outboxCommand,
+      args: ['--json', 'stats'],
+      option: '--json',
+      form: outbox,
+    },
+  ]
+  it.each(cases)(
+    '$name $args names the option and where the command goes, exit 2',
+    async ({ name, entry, args, option, form }) => {
+      const result = await runCaptured(entry, args)
+      expect(result.code).toBe(2)
+      expect(result.stderr.split('\n')[0]).toBe(
+        `breakwater ${name}: the command comes before its options (${form}), got the option "${option}" first`,
+      )
+      expect(result.stderr).not.toContain('hunter2')
+    },
+  )
 })
 
 describe('breakwater outbox dead --json: a password in a stored error', () => {
