@@ -38,6 +38,7 @@ import {
   optionalInteger,
   optionalNumber,
   optionalString,
+  predicateAnswer,
 } from './options.js'
 import {
   type ChainablePolicy,
@@ -139,6 +140,10 @@ export interface CircuitBreakerOptions {
    * (a `DeadlineExceededError` from a timeout clamped to the deadline included), unless it ran
    * `slowCallMs` or longer, which counts as a slow failure. A pipeline's own timeout running
    * out before the deadline (`TimeoutError`) is the downstream's slowness and still counts.
+   * If it throws, the call rejects with that error and is recorded as `ignored`. Called
+   * synchronously: one that returns a promise (an async function), which would read as true
+   * for every error, is refused the same way, with `InvalidOptionError` naming
+   * `circuitBreaker.isFailure`.
    * @default error => classifyFailure(error) !== 'permanent', and not those refusals
    */
   readonly isFailure?: ((error: unknown) => boolean) | undefined
@@ -556,10 +561,12 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
 
   // A throwing isFailure still rejects the call with its own error, but the call is first
   // recorded as ignored: a half-open probe would otherwise keep its slot for good, and the
-  // circuit would refuse every call until reset().
+  // circuit would refuse every call until reset(). One that returns a promise (an async
+  // function) is such a bug too: the promise is truthy, and every error, those it meant to
+  // count as answers included, would count as a failure and open the circuit.
   #isFailureOrIgnore(error: unknown, epoch: number): boolean {
     try {
-      return this.#isFailure(error)
+      return predicateAnswer('circuitBreaker.isFailure', this.#isFailure(error))
     } catch (failure) {
       this.#onOutcome(epoch, 'ignored', error)
       throw failure

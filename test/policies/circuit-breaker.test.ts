@@ -196,6 +196,44 @@ describe('circuitBreaker: closed -> open', () => {
     expect(breaker.state).toBe('open')
   })
 
+  // A promise is truthy: an async isFailure (a JavaScript caller's, or one cast past the types)
+  // counted every error as a failure, the 404s it meant to count as answers included, and
+  // opened the circuit on them.
+  it.each([
+    ['directly', (breaker: Policy, fn: () => Promise<never>) => breaker.execute(fn)],
+    [
+      'fused',
+      (breaker: Policy, fn: () => Promise<never>) =>
+        pipeline(breaker, bulkhead({ maxConcurrent: 1 })).execute(fn),
+    ],
+  ] as const)(
+    'refuses an isFailure that returns a promise, naming it, and records the call as ignored (%s)',
+    async (_, run) => {
+      const failure = Object.assign(new Error('not found'), { status: 404 })
+      const answers = [
+        async () => false,
+        async () => {
+          // Rejected: left unobserved, it would be an unhandled rejection.
+          throw new Error('isFailure broke')
+        },
+      ]
+      for (const answer of answers) {
+        const { breaker, events } = setup({
+          window: { kind: 'consecutive', failures: 1 },
+          isFailure: answer as unknown as CircuitBreakerOptions['isFailure'],
+        })
+        const refused = run(breaker, () => Promise.reject(failure))
+        await expect(refused).rejects.toBeInstanceOf(InvalidOptionError)
+        await expect(refused).rejects.toMatchObject({
+          code: 'INVALID_OPTION',
+          option: 'circuitBreaker.isFailure',
+        })
+        expect(breaker.state).toBe('closed')
+        expect(events).toEqual([{ type: 'ignored', error: failure }])
+      }
+    },
+  )
+
   it('rejects an already aborted call without running it or counting it', async () => {
     const { breaker } = setup({ window: { kind: 'consecutive', failures: 1 } })
     let ran = false
