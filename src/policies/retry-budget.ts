@@ -11,7 +11,10 @@ import { optionalClock, optionalInteger, optionalNumber } from './options.js'
 export interface RetryBudget {
   /** Records a first attempt; it deposits `ratio` tokens. */
   recordRequest(): void
-  /** Takes one token for a retry; false (and nothing taken) when fewer than one is left. */
+  /**
+   * Takes one token for a retry; false (and nothing taken) when fewer than one is left.
+   * Synchronous: `retry()` refuses a promise (it would read as true) with `InvalidOptionError`.
+   */
   tryWithdraw(): boolean
   /**
    * Gives back the token of a retry that was never made: `tryWithdraw()` took it before the

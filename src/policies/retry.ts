@@ -117,7 +117,10 @@ export interface RetryOptions {
    * retry was made) it is given back through the budget's `refund()`. If `recordRequest` (before
    * the first attempt, then a `budget` give-up at attempt 0) or `tryWithdraw` throws, the call
    * rejects with that error (reported as a `budget` give-up); if `refund` throws, with that
-   * error (reported with the give-up the abort would have had).
+   * error (reported with the give-up the abort would have had). `tryWithdraw` is called
+   * synchronously: one that returns a promise, which would read as true for every retry, makes
+   * the call reject with `InvalidOptionError` naming `retry.budget.tryWithdraw` (a `budget`
+   * give-up too).
    * @default undefined (no budget)
    */
   readonly budget?: RetryBudget | undefined
@@ -661,9 +664,11 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     }
   }
 
+  // A tryWithdraw that returns a promise (an async method of a budget of the caller's own) is
+  // refused like one that throws: the promise is truthy, and every retry would pass, spent or not.
   #withdraw(budget: RetryBudget, attempt: number, error: unknown): boolean {
     try {
-      return budget.tryWithdraw()
+      return predicateAnswer('retry.budget.tryWithdraw', budget.tryWithdraw())
     } catch (failure) {
       this.#giveUp(attempt, 'budget', error)
       throw failure

@@ -547,17 +547,33 @@ describe('retry', () => {
   )
 
   // A promise is truthy: an async shouldRetry (a JavaScript caller's, or one cast past the
-  // types) retried every failure, the 400s it meant to give up on included, until maxAttempts.
+  // types) retried every failure, the 400s it meant to give up on included, until maxAttempts;
+  // an async tryWithdraw of a budget of the caller's own let every retry through, spent or not.
+  const asyncHooks = {
+    shouldRetry: (answer: () => Promise<boolean>): RetryOptions => ({
+      shouldRetry: answer as unknown as RetryOptions['shouldRetry'],
+    }),
+    'budget.tryWithdraw': (answer: () => Promise<boolean>): RetryOptions => ({
+      budget: {
+        recordRequest() {},
+        available: () => 1,
+        tryWithdraw: answer as unknown as () => boolean,
+      },
+    }),
+  }
+  const runs = {
+    directly: (policy: Policy, fn: () => never) => policy.execute(fn),
+    fused: (policy: Policy, fn: () => never) =>
+      pipeline(policy, bulkhead({ maxConcurrent: 1 })).execute(fn),
+  }
   it.each([
-    ['directly', (policy: Policy, fn: () => never) => policy.execute(fn)],
-    [
-      'fused',
-      (policy: Policy, fn: () => never) =>
-        pipeline(policy, bulkhead({ maxConcurrent: 1 })).execute(fn),
-    ],
+    ['shouldRetry', 'directly', 'notRetryable', httpError(400)],
+    ['shouldRetry', 'fused', 'notRetryable', httpError(400)],
+    ['budget.tryWithdraw', 'directly', 'budget', httpError(503)],
+    ['budget.tryWithdraw', 'fused', 'budget', httpError(503)],
   ] as const)(
-    'refuses a shouldRetry that returns a promise, naming it, and reports the give-up (%s)',
-    async (_, run) => {
+    'refuses a %s that returns a promise, naming it, and reports the give-up (%s)',
+    async (hook, path, reason, failure) => {
       const clock = new ManualClock()
       const answers = [
         async () => false,
@@ -567,17 +583,13 @@ describe('retry', () => {
         },
       ]
       for (const answer of answers) {
-        const policy = retry({
-          clock,
-          shouldRetry: answer as unknown as RetryOptions['shouldRetry'],
-        })
+        const policy = retry({ clock, ...asyncHooks[hook](answer) })
         const events: RetryEvent[] = []
         policy.events.on((event) => events.push(event))
-        const failure = httpError(400)
         let attempts = 0
         const call = track(
           clock,
-          run(policy, () => {
+          runs[path](policy, () => {
             attempts++
             throw failure
           }),
@@ -585,12 +597,10 @@ describe('retry', () => {
         await clock.advance(0)
         expect(call.settled).toBe(true)
         expect(call.error).toBeInstanceOf(InvalidOptionError)
-        expect(call.error).toMatchObject({ code: 'INVALID_OPTION', option: 'retry.shouldRetry' })
+        expect(call.error).toMatchObject({ code: 'INVALID_OPTION', option: `retry.${hook}` })
         expect(attempts).toBe(1)
         expect(clock.pendingTimers).toBe(0)
-        expect(events).toEqual([
-          { type: 'giveUp', attempt: 1, reason: 'notRetryable', error: failure },
-        ])
+        expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason, error: failure }])
       }
     },
   )
