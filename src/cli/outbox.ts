@@ -29,7 +29,8 @@ const usage = `usage: breakwater outbox <command> [options] [--db <url>]
 commands:
   dead [--json] [--limit <n>] [--after-id <id>]
                          list dead-lettered events, oldest first (each one holds back the
-                         later events of its aggregate)
+                         later events of its aggregate): at most --limit (default 100; a
+                         line under the table says where the next page starts)
   redrive (--all | --id <event id> [--id <event id> ...])
                          send dead-lettered events again: the relay owning their partition
                          publishes them first in their aggregate, then the events behind them
@@ -77,6 +78,9 @@ interface Parsed {
  * 30 minutes by default) applied again. An hour is above those; the default is 7d.
  */
 const minInboxWindowMs = 3_600_000
+
+// The most events `outbox dead` shows: listDead's own cap.
+const maxDeadLimit = 100_000
 
 const allowed: Record<Command, readonly string[]> = {
   dead: ['--db', '--json', '--limit', '--after-id'],
@@ -138,8 +142,8 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   }
   const limitText = values.get('--limit')
   const limit = limitText === undefined ? 100 : Number(limitText)
-  if (limitText !== undefined && (!/^\d+$/.test(limitText) || limit < 1 || limit > 100_000))
-    throw new UsageError(`--limit must be an integer from 1 to 100000, got "${limitText}"`)
+  if (limitText !== undefined && (!/^\d+$/.test(limitText) || limit < 1 || limit > maxDeadLimit))
+    throw new UsageError(`--limit must be an integer from 1 to ${maxDeadLimit}, got "${limitText}"`)
   const afterText = values.get('--after-id')
   const afterId = afterText === undefined ? 0 : Number(afterText)
   if (afterText !== undefined && (!/^\d+$/.test(afterText) || !Number.isSafeInteger(afterId)))
@@ -215,7 +219,14 @@ async function execute(
 ): Promise<number> {
   switch (parsed.command) {
     case 'dead': {
-      const dead = await listDead(db, { limit: parsed.limit, afterId: parsed.afterId })
+      // One more than shown, to tell whether a next page has any: a hint given whenever
+      // --limit rows came back led to an empty page when they were all. At listDead's cap
+      // the one more cannot be read, and the hint stays (the next page may be empty).
+      const read = await listDead(db, {
+        limit: Math.min(parsed.limit + 1, maxDeadLimit),
+        afterId: parsed.afterId,
+      })
+      const dead = read.slice(0, parsed.limit)
       if (parsed.json) {
         // As in the table: a last error (what the broker client threw) may quote a URL.
         out.write(`${redactedJson(dead.map(toJson))}\n`)
@@ -226,7 +237,10 @@ async function execute(
         return 0
       }
       out.write(table(dead))
-      if (dead.length === parsed.limit) {
+      if (
+        read.length > parsed.limit ||
+        (parsed.limit === maxDeadLimit && read.length === parsed.limit)
+      ) {
         out.write(`(first ${parsed.limit}; next page: --after-id ${dead[dead.length - 1]!.id})\n`)
       }
       return 0
