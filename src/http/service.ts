@@ -10,6 +10,7 @@ import {
   checkObject,
   checkOptionKeys,
   checkSignal,
+  isDroppedPromise,
   optionKeys,
   signalRefusal,
   withOptionPrefix,
@@ -534,13 +535,22 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         this.#retry !== undefined &&
         stack === this.#retrying &&
         ctx.attempt < this.#maxAttempts &&
-        this.#shouldRetry(error, ctx.attempt)
+        this.#wouldRetry(error, ctx.attempt)
       )
         link.close()
       throw error
     } finally {
       link.attempting = false
     }
+  }
+
+  // What the retry policy's shouldRetry will answer. A promise (an async shouldRetry) is
+  // truthy, but the retry refuses it (INVALID_OPTION, see predicateAnswer): no retry follows,
+  // so the call is not ended for the close, which would put HttpClientClosedError in place of
+  // that refusal. Its outcome is dropped: a rejection would otherwise be unhandled.
+  #wouldRetry(error: unknown, attempt: number): boolean {
+    const answer: unknown = this.#shouldRetry(error, attempt)
+    return !isDroppedPromise(answer) && Boolean(answer)
   }
 
   /** Runs one call. */

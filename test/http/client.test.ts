@@ -33,6 +33,26 @@ function make(options: Partial<HttpServiceOptions> = {}, base = server.url): Htt
   return client
 }
 
+/**
+ * Runs a call on `c`'s service whose attempt closes the client and fails with `failure`; what
+ * the call rejects with, once the close is done.
+ */
+async function failWhileClosing(c: HttpClient, failure: Error): Promise<unknown> {
+  const closing: Array<Promise<void>> = []
+  const error = await c
+    .service('svc')
+    .execute(
+      () => {
+        closing.push(c.close())
+        throw failure
+      },
+      { retry: true },
+    )
+    .catch((e: unknown) => e)
+  await Promise.all(closing)
+  return error
+}
+
 describe('requests and responses', () => {
   it('resolves with status, headers and the body as bytes, text and JSON', async () => {
     const response = await make().request('svc', { path: '/items/1' })
@@ -666,21 +686,29 @@ describe('state, events and close', () => {
   ] as const)(
     'gives a call %s the failure of its attempt, also when the client closed meanwhile',
     async (_name, options) => {
-      const c = make(options)
-      const svc = c.service('svc')
-      const closing: Array<Promise<void>> = []
       const busy = Object.assign(new Error('busy'), { status: 503 })
-      const error = await svc
-        .execute(
-          () => {
-            closing.push(c.close())
-            throw busy
-          },
-          { retry: true },
-        )
-        .catch((e: unknown) => e)
-      await Promise.all(closing)
-      expect(error).toBe(busy)
+      expect(await failWhileClosing(make(options), busy)).toBe(busy)
+    },
+  )
+
+  // The service asks shouldRetry itself when the client closed during an attempt (to end a
+  // call that would retry). An async one's promise read as true: the call ended with
+  // HttpClientClosedError instead of the retry's refusal, and a rejecting one was unhandled.
+  it.each([
+    ['resolves', async () => false],
+    [
+      'rejects',
+      async () => {
+        throw new Error('shouldRetry broke')
+      },
+    ],
+  ])(
+    'refuses an async shouldRetry (its promise %s), also when the client closed meanwhile',
+    async (_name, shouldRetry) => {
+      const c = make({ retry: { shouldRetry: shouldRetry as unknown as () => boolean } })
+      const error = await failWhileClosing(c, Object.assign(new Error('busy'), { status: 503 }))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ option: 'retry.shouldRetry' })
     },
   )
 
