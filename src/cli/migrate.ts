@@ -134,7 +134,7 @@ export async function migrateCommand(
   }
   try {
     const names = Object.keys(deps.capabilities).sort()
-    if (names.length === 0) out.write('No capability has migrations.\n')
+    if (names.length === 0) out.write('no capability has migrations\n')
     // A database a newer breakwater migrated is refused as a whole, before any capability is
     // migrated: one that is behind is left too, as this release is not the one to run there.
     // (Each run checks again inside its lock, for a newer `migrate` committing meanwhile.)

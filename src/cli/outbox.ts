@@ -233,7 +233,7 @@ async function execute(
         return 0
       }
       if (dead.length === 0) {
-        out.write('No dead-lettered events.\n')
+        out.write('no dead-lettered events\n')
         return 0
       }
       out.write(table(dead))
@@ -248,10 +248,10 @@ async function execute(
     case 'redrive': {
       const count = await redrive(db, parsed.all ? 'all' : parsed.ids)
       if (parsed.all) {
-        out.write(`Redrove ${counted(count, 'dead-lettered event')}.\n`)
+        out.write(`redrove ${counted(count, 'dead-lettered event')}\n`)
         return 0
       }
-      out.write(`Redrove ${count} of ${counted(parsed.ids.length, 'event')}.\n`)
+      out.write(`redrove ${count} of ${counted(parsed.ids.length, 'event')}\n`)
       if (count < parsed.ids.length) {
         const missed = parsed.ids.length - count
         err.write(
@@ -294,16 +294,16 @@ async function execute(
           maxBatches: Number.MAX_SAFE_INTEGER,
         })
         out.write(
-          `${parsed.archive ? 'Archived' : 'Removed'} ${counted(events, 'published event')}.\n`,
+          `${parsed.archive ? 'archived' : 'removed'} ${counted(events, 'published event')}\n`,
         )
       } else {
         out.write(
-          'No published events to remove: the outbox capability is not migrated in this database.\n',
+          'no published events to remove: the outbox capability is not migrated in this database\n',
         )
       }
       if (!applied.has('inbox')) {
         out.write(
-          'No inbox records to remove: the inbox capability is not migrated in this database.\n',
+          'no inbox records to remove: the inbox capability is not migrated in this database\n',
         )
         return 0
       }
@@ -311,7 +311,7 @@ async function execute(
         olderThanMs: parsed.inboxOlderThanMs,
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
-      out.write(`Removed ${counted(records, 'inbox record')}.\n`)
+      out.write(`removed ${counted(records, 'inbox record')}\n`)
       return 0
     }
   }

@@ -435,7 +435,7 @@ function definitionNote(
 }
 
 function formatList(sagas: readonly SagaSummary[], definitions?: Definitions): string {
-  if (sagas.length === 0) return 'No saga instances.\n'
+  if (sagas.length === 0) return 'no saga instances\n'
   const bad = (s: SagaSummary, ...columns: string[]) =>
     columns.some((c) => s.unreadable?.includes(c) === true)
   const rows = [

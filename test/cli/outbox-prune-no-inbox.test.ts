@@ -24,7 +24,7 @@ it('prunes the outbox and skips the inbox, saying so, when the inbox was never m
   expect(result, result.stderr).toMatchObject({
     code: 0,
     stdout:
-      'Removed 0 published events.\nNo inbox records to remove: the inbox capability is not migrated in this database.\n',
+      'removed 0 published events\nno inbox records to remove: the inbox capability is not migrated in this database\n',
   })
 })
 
@@ -48,7 +48,7 @@ it('prunes the inbox and skips the outbox, saying so, when only the inbox was mi
   expect(result, result.stderr).toMatchObject({
     code: 0,
     stdout:
-      'No published events to remove: the outbox capability is not migrated in this database.\nRemoved 1 inbox record.\n',
+      'no published events to remove: the outbox capability is not migrated in this database\nremoved 1 inbox record\n',
   })
 })
 

@@ -188,7 +188,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
         ? await run(['redrive', '--db', url, '--id', poisonId])
         : await run(['redrive', '--db', url, '--all'])
     expect(redriven.code, redriven.stderr).toBe(0)
-    expect(redriven.stdout).toMatch(/^Redrove 1 (of 1 event|dead-lettered event)\.\n$/)
+    expect(redriven.stdout).toMatch(/^redrove 1 (of 1 event|dead-lettered event)\n$/)
     relay.wake()
     await until(
       () => distinct(hook.state.accepted).length === 5,
@@ -199,7 +199,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       `${run_}-p-1`,
     ])
     await until(async () => (await pendingCount(db)) === 0, 'everything marked published')
-    expect((await run(['dead', '--db', url])).stdout).toBe('No dead-lettered events.\n')
+    expect((await run(['dead', '--db', url])).stdout).toBe('no dead-lettered events\n')
     expect(JSON.parse((await run(['stats', '--db', url, '--json'])).stdout)).toEqual({
       pending: 0,
       dead: 0,
@@ -214,7 +214,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
     const young = await run(['prune', '--db', url])
     expect(young).toMatchObject({
       code: 0,
-      stdout: 'Removed 0 published events.\nRemoved 0 inbox records.\n',
+      stdout: 'removed 0 published events\nremoved 0 inbox records\n',
     })
     // The inbox is the dedupe window: a window shorter than an hour (0d emptied it) is refused,
     // naming the flag, before anything is removed, unless the operator says that is meant.
@@ -251,7 +251,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       '--allow-short-inbox-window',
     ])
     expect(archived.stdout, archived.stderr).toBe(
-      'Archived 5 published events.\nRemoved 1 inbox record.\n',
+      'archived 5 published events\nremoved 1 inbox record\n',
     )
     expect(await count(db, outboxTable)).toBe(0)
     expect(await count(db, outboxArchiveTable)).toBe(5)

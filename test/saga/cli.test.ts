@@ -146,7 +146,7 @@ describe.each(dbTargets)('saga command on $dialect', (target) => {
     expect(parsed).toHaveLength(2)
     expect(parsed[0]).toMatchObject({ id: ids.waiting, status: 'running', name: 'cli-order' })
     const none = await run(['list', '--name', 'nothing-here', '--db', t.url])
-    expect(none.out).toBe('No saga instances.\n')
+    expect(none.out).toBe('no saga instances\n')
   })
 
   it('shows an instance with its steps and its timeline of attempts, errors and compensations', async () => {
