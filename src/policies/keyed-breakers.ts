@@ -1,12 +1,22 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import {
+  checkFunction,
+  checkKnownOptions,
+  checkObject,
+  isDroppedPromise,
+  optionKeys,
+} from '../core/validate.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 import { optionalClock, optionalInteger, optionalNumber } from './options.js'
 
 /** Options of {@link createKeyedBreakers}. */
 export interface KeyedBreakersOptions {
-  /** Builds the breaker for a key the first time it is asked for. Required. */
+  /**
+   * Builds the breaker for a key the first time it is asked for. Required. Called
+   * synchronously by `get()`: what it returns must be a breaker (one that returns a promise,
+   * an async function, is refused with `InvalidOptionError` naming `keyedBreakers.create`).
+   */
   readonly create: (key: string) => CircuitBreaker
   /**
    * How many breakers are kept, at most. When a new key would pass the bound, the least
@@ -129,9 +139,13 @@ class KeyedBreakerSet implements KeyedBreakers {
         typeof breaker.dispose !== 'function' ||
         typeof breaker.state !== 'string'
       )
+        // get() is synchronous: an async create's promise is refused like any other value,
+        // saying why, and its outcome dropped (a rejection would otherwise be unhandled).
         throw new InvalidOptionError(
           'keyedBreakers.create',
-          'a function returning a CircuitBreaker',
+          isDroppedPromise(breaker)
+            ? 'a function returning a CircuitBreaker, not a promise (it is not awaited)'
+            : 'a function returning a CircuitBreaker',
           breaker,
         )
       entry = { breaker, lastUsedMs: now }

@@ -161,6 +161,24 @@ describe('createKeyedBreakers', () => {
     expect(() => breakers.get('x')).toThrow(InvalidOptionError)
   })
 
+  it('refuses an async create(), its promise observed', () => {
+    // get() is synchronous: the promise was refused as not a breaker, but one that rejected
+    // was left unhandled, which ends a Node process, and the message did not say why.
+    const breakers = createKeyedBreakers({
+      create: (async () => {
+        throw new Error('no breaker')
+      }) as unknown as KeyedBreakersOptions['create'],
+    })
+    expect(() => breakers.get('x')).toThrow(
+      expect.objectContaining({
+        code: 'INVALID_OPTION',
+        option: 'keyedBreakers.create',
+        expected: expect.stringContaining('not a promise'),
+      }),
+    )
+    expect(breakers.size).toBe(0)
+  })
+
   it('rejects a create() returning a plain policy, which it could never dispose nor drop', () => {
     // Accepted, a policy without state and dispose() was never dropped as closed (the set grew
     // past maxKeys for good) and made delete() and close() throw a TypeError.
