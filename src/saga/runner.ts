@@ -3,6 +3,7 @@ import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
+import { predicateAnswer } from '../policies/options.js'
 import {
   parseStoredJson,
   readStoredNumber,
@@ -570,7 +571,8 @@ export class InstanceRun {
     if (attempt >= retry.maxAttempts) return {}
     let callback = 'shouldRetry'
     try {
-      if (!retry.shouldRetry(error, attempt)) return {}
+      // Called synchronously: an async one's promise (truthy) is refused as a throw is.
+      if (!predicateAnswer(`${field}.shouldRetry`, retry.shouldRetry(error, attempt))) return {}
       callback = 'random'
       const now = storedTime(this.#host.clock)
       let delayMs = retry.backoff.delayMs(attempt - 1)
