@@ -19,17 +19,23 @@ import { addSwitch, oneLine, UsageError } from './usage.js'
 
 export { StartupError }
 
-/** Parses an integer flag within [min, max]; undefined when the flag was not given. */
+/**
+ * Parses an integer flag within [min, max]; undefined when the flag was not given. `unit`
+ * names what the number counts when the flag's name does not (`--start-timeout`:
+ * `milliseconds`), for the message: `--start-timeout must be an integer of milliseconds from 1
+ * to ...`. Every command's integer flags are refused in this one form.
+ */
 export function integerFlag(
   flag: string,
   text: string | undefined,
   min: number,
   max: number,
+  unit?: string,
 ): number | undefined {
   if (text === undefined) return undefined
   if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max)
     throw new UsageError(
-      `${flag} must be an integer from ${min} to ${max}, got "${redactSecrets(text)}"`,
+      `${flag} must be an integer ${unit === undefined ? '' : `of ${unit} `}from ${min} to ${max}, got "${redactSecrets(text)}"`,
     )
   return Number(text)
 }

@@ -9,9 +9,7 @@ import {
   type Logger,
   type LogOutput,
   type LogThreshold,
-  logThresholds,
   type MetricsRegistry,
-  redactSecrets,
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
@@ -19,8 +17,8 @@ import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import type { ProxyDrainReport, ProxyInternals } from '../proxy/runtime.js'
 import { type HeldSignals, runHandedOver } from './held-signals.js'
-import { StartupError } from './process-support.js'
-import { counted, messageOf, UsageError, wantsHelp } from './usage.js'
+import { integerFlag, logLevelFlag, StartupError } from './process-support.js'
+import { counted, messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {
@@ -116,39 +114,19 @@ function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
       case '-c':
         config = value()
         break
-      case '--workers': {
-        const text = value()
-        const n = Number(text)
-        if (!/^\d+$/.test(text) || n < 1 || n > 256)
-          throw new UsageError(
-            `--workers: expected an integer in [1, 256], got ${JSON.stringify(text)}`,
-          )
-        workers = n
+      case '--workers':
+        workers = integerFlag('--workers', value(), 1, 256)
         break
-      }
-      case '--start-timeout': {
+      case '--start-timeout':
         // Milliseconds, as the file's startTimeoutMs, and within what a timer can wait.
-        const text = value()
-        const ms = Number(text)
-        if (!/^\d+$/.test(text) || ms < 1 || ms > maxTimerDelayMs)
-          throw new UsageError(
-            `--start-timeout: expected a positive integer of milliseconds (1 to ${maxTimerDelayMs}), got ${JSON.stringify(text)}`,
-          )
-        startTimeoutMs = ms
+        startTimeoutMs = integerFlag('--start-timeout', value(), 1, maxTimerDelayMs, 'milliseconds')
         break
-      }
       case '--check':
         check = true
         break
-      case '--log-level': {
-        const level = value()
-        if (!(logThresholds as readonly string[]).includes(level))
-          throw new UsageError(
-            `--log-level: expected one of ${logThresholds.join(', ')}, got ${JSON.stringify(level)}`,
-          )
-        logLevel = level as LogThreshold
+      case '--log-level':
+        logLevel = logLevelFlag(value())
         break
-      }
       default:
         throw new UsageError(`unknown option ${JSON.stringify(arg)}`)
     }
@@ -184,7 +162,8 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
     if (!(error instanceof UsageError)) throw error
     // Redacted as every command's: a message quotes the argument at fault, and a URL with a
     // password given by mistake (`--db=postgres://app:pw@db/app`) is such an argument.
-    stderr.write(`breakwater proxy: ${redactSecrets(error.message)}\n\n${usage}`)
+    // Made one line too: the value quoted may hold a control character or an escape sequence.
+    stderr.write(`breakwater proxy: ${oneLine(error.message)}\n\n${usage}`)
     return 2
   }
   if (parsed === 'help') {

@@ -49,7 +49,7 @@ describe('--start-timeout', () => {
     expect(err.text()).toContain(said)
     if (said.startsWith('"'))
       expect(err.text()).toContain(
-        `--start-timeout: expected a positive integer of milliseconds (1 to 2147483647), got ${said}`,
+        `--start-timeout must be an integer of milliseconds from 1 to 2147483647, got ${said}`,
       )
   })
 

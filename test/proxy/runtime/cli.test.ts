@@ -32,7 +32,7 @@ describe('proxyCommand', () => {
     expect(await proxyCommand([], { stderr: err })).toBe(2)
     expect(err.text()).toContain('--config <file.yaml> is required')
     expect(await proxyCommand(['--config', 'x', '--workers', '0'], { stderr: err })).toBe(2)
-    expect(err.text()).toContain('--workers: expected an integer in [1, 256], got "0"')
+    expect(err.text()).toContain('--workers must be an integer from 1 to 256, got "0"')
     expect(await proxyCommand(['--config', 'x', '--token', 'y'], { stderr: err })).toBe(2)
     expect(err.text()).toContain('unknown option "--token"')
     expect(await proxyCommand(['--config', 'a', '-c', 'b'], { stderr: err })).toBe(2)
