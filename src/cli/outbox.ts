@@ -14,7 +14,7 @@ import {
 } from '../outbox/index.js'
 import { listAppliedMigrations, type SqlDialect, type SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
-import { parseDuration } from './duration.js'
+import { dedupeWindow, parseDuration } from './duration.js'
 import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import { addSwitch, counted, redactedJson, refuseOptionFirst, UsageError } from './usage.js'
@@ -69,15 +69,6 @@ interface Parsed {
   readonly inboxOlderThanMs: number
   readonly archive: boolean
 }
-
-/**
- * The shortest inbox window `prune` takes without --allow-short-inbox-window. The inbox's
- * records are its dedupe window: a message redelivered after its record is gone is handled
- * twice. `--inbox-older-than 0d` removed them all, so a redelivery of a moment later (a
- * consumer's crash before its ack, a broker's ack timeout: RabbitMQ's consumer_timeout is
- * 30 minutes by default) applied again. An hour is above those; the default is 7d.
- */
-const minInboxWindowMs = 3_600_000
 
 // The most events `outbox dead` shows: listDead's own cap.
 const maxDeadLimit = 100_000
@@ -150,14 +141,15 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     throw new UsageError(
       `--after-id must be a row id (an integer from 0 to ${Number.MAX_SAFE_INTEGER}), got "${afterText}"`,
     )
-  const inboxWindow = values.get('--inbox-older-than')
-  const inboxOlderThanMs = parseDuration('--inbox-older-than', inboxWindow ?? '7d')
-  if (flags.has('--allow-short-inbox-window') && inboxWindow === undefined)
-    throw new UsageError('--allow-short-inbox-window applies only with --inbox-older-than')
-  if (inboxOlderThanMs < minInboxWindowMs && !flags.has('--allow-short-inbox-window'))
-    throw new UsageError(
-      `--inbox-older-than ${inboxWindow} is shorter than 1h: the inbox records are the dedupe window, and a message redelivered after its record is removed is handled twice (0d removes them all). Give a window longer than any redelivery can take (default 7d), or add --allow-short-inbox-window if removing them is meant`,
-    )
+  const inboxOlderThanMs = dedupeWindow({
+    flag: '--inbox-older-than',
+    text: values.get('--inbox-older-than'),
+    fallback: '7d',
+    allowFlag: '--allow-short-inbox-window',
+    allowed: flags.has('--allow-short-inbox-window'),
+    risk: 'the inbox records are the dedupe window, and a message redelivered after its record is removed is handled twice (0d removes them all)',
+    outlast: 'any redelivery can take',
+  })
   return {
     command: cmd,
     url: databaseUrl(values, env, defaultUrl),

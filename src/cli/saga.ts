@@ -21,7 +21,7 @@ import {
 } from '../saga/index.js'
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
-import { parseDuration } from './duration.js'
+import { dedupeWindow } from './duration.js'
 import { printable } from './printable.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import {
@@ -57,12 +57,14 @@ commands:
   worker --module <file> [options]
                        run the sagas a module defines as a process until SIGTERM (see
                        \`breakwater saga worker --help\`)
-  prune [--older-than <duration>] [--include-parked]
+  prune [--older-than <duration>] [--include-parked] [--allow-short-window]
                        remove completed, compensated and cancelled instances that ended
                        longer ago than the duration (default 30d: 30d, 12h, 90m, 45s,
                        500ms), with their timelines, and tracked flows whose last event
                        is that old; --include-parked removes parked (failed) instances
-                       untouched that long too
+                       untouched that long too. A removed instance's id is free again:
+                       keep the window longer than a duplicate start can take to arrive
+                       (under 1h is refused unless --allow-short-window is given)
 
 options:
   --db <url>  ${acceptedDatabaseUrls}
@@ -84,6 +86,8 @@ interface Parsed {
   readonly by: string
   /** prune: milliseconds. */
   readonly olderThanMs: number
+  /** prune: the window as given (or the default), for the report. */
+  readonly olderThan: string
   readonly includeParked: boolean
   /** list, show: the module whose definitions instances are checked against. */
   readonly module: string | undefined
@@ -102,13 +106,13 @@ const valueFlags = new Set([
   '--older-than',
   '--module',
 ])
-const booleanFlags = new Set(['--json', '--include-parked'])
+const booleanFlags = new Set(['--json', '--include-parked', '--allow-short-window'])
 const allowed: Record<Parsed['command'], readonly string[]> = {
   list: ['--db', '--status', '--name', '--limit', '--json', '--module'],
   show: ['--db', '--json', '--module'],
   retry: ['--db', '--reason', '--by'],
   cancel: ['--db', '--reason', '--by'],
-  prune: ['--db', '--older-than', '--include-parked'],
+  prune: ['--db', '--older-than', '--include-parked', '--allow-short-window'],
 }
 
 function parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): Parsed {
@@ -177,7 +181,16 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     json: flags.has('--json'),
     reason: values.get('--reason'),
     by: values.get('--by') ?? 'cli',
-    olderThanMs: parseDuration('--older-than', values.get('--older-than') ?? '30d'),
+    olderThanMs: dedupeWindow({
+      flag: '--older-than',
+      text: values.get('--older-than'),
+      fallback: '30d',
+      allowFlag: '--allow-short-window',
+      allowed: flags.has('--allow-short-window'),
+      risk: "a removed instance's id is free again, and a duplicate start (a redelivered message that starts a saga by a derived id) arriving after it is removed runs again as a new saga; tracked flows still going are removed too (0d removes every finished instance and flow)",
+      outlast: 'a duplicate start can take to arrive',
+    }),
+    olderThan: values.get('--older-than') ?? '30d',
     includeParked: flags.has('--include-parked'),
     module: values.get('--module'),
   }
@@ -305,7 +318,7 @@ async function execute(
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
       out.write(
-        `removed ${counted(instances, 'saga instance')} and ${counted(flows, 'tracked flow')} older than ${formatDuration(parsed.olderThanMs)}\n`,
+        `removed ${counted(instances, 'saga instance')} and ${counted(flows, 'tracked flow')} older than ${parsed.olderThan}\n`,
       )
       return 0
     }
@@ -362,18 +375,6 @@ async function withModule(
 
 function adminOptions(parsed: Parsed): { by: string; reason?: string } {
   return parsed.reason === undefined ? { by: parsed.by } : { by: parsed.by, reason: parsed.reason }
-}
-
-function formatDuration(ms: number): string {
-  for (const [unit, size] of [
-    ['d', 86_400_000],
-    ['h', 3_600_000],
-    ['m', 60_000],
-    ['s', 1_000],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`
-  }
-  return `${ms}ms`
 }
 
 // A time past Date's range (a sleep stored by a version that did not refuse it) is printed as

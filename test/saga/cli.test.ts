@@ -8,6 +8,7 @@ import {
   defineFlow,
   defineSaga,
   getSaga,
+  listSagas,
 } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite } from '../support/sqlite.js'
@@ -49,6 +50,7 @@ describe('saga command arguments', () => {
     [['prune', '--older-than', '1.5d'], 'got "1.5d"'],
     [['prune', '--older-than', '-3d'], 'got "-3d"'],
     [['prune', '--include-parked=yes'], '--include-parked takes no value'],
+    [['prune', '--allow-short-window'], '--allow-short-window applies only with --older-than'],
     [['list', '--older-than', '3d'], 'unknown option "--older-than" for "saga list"'],
   ])('%j -> exit 2 with a message and the usage', async (args, message) => {
     const { code, err, out } = await run(args)
@@ -313,6 +315,22 @@ describe.each(dbTargets)('saga prune command on $dialect', (target) => {
     await t?.close()
   })
 
+  // A removed instance's id is free again, so the window is also how long a duplicate start is
+  // caught: `--older-than 0d` removed every finished instance and tracked flow (flows still
+  // going among them), and said 'older than 0ms'. Under an hour is refused unless meant.
+  it('refuses a window under 1h, removing nothing, unless --allow-short-window is given', async () => {
+    const before = (await listSagas(t.db, {})).length
+    for (const window of ['0d', '0ms', '59m']) {
+      const short = await run(['prune', '--db', t.url, '--older-than', window, '--include-parked'])
+      expect(short.code, window).toBe(2)
+      expect(short.err).toContain(`breakwater saga: --older-than ${window} is shorter than 1h`)
+      expect(short.err).toContain('runs again')
+      expect(short.err).toContain('--allow-short-window')
+      expect(short.out).toBe('')
+    }
+    expect(await listSagas(t.db, {})).toHaveLength(before)
+  })
+
   it('removes finished instances older than the window (30 days by default), then parked ones on request', async () => {
     const first = await run(['prune', '--db', t.url, '--older-than', '45d'])
     expect(first).toMatchObject({
@@ -333,5 +351,11 @@ describe.each(dbTargets)('saga prune command on $dialect', (target) => {
     const all = await run(['prune', '--db', t.url, '--older-than', '12h'])
     expect(all.out).toBe('removed 1 saga instance and 1 tracked flow older than 12h\n')
     expect(await getSaga(t.db, ids.recent!)).toBeUndefined()
+    // Meant: taken, and the window printed as it was given.
+    const meant = await run(['prune', '--db', t.url, '--older-than', '0d', '--allow-short-window'])
+    expect(meant).toMatchObject({
+      code: 0,
+      out: 'removed 0 saga instances and 0 tracked flows older than 0d\n',
+    })
   })
 })
