@@ -287,7 +287,10 @@ async function execute(
       } catch (error) {
         return refused(error, err)
       }
-      out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
+      // Escaped as `list` shows it: the id matched a row, which may hold anything (see printable).
+      out.write(
+        `saga ${printable(parsed.id!)}: re-queued; its compensation resumes on the next worker\n`,
+      )
       return 0
     case 'cancel': {
       let outcome: Awaited<ReturnType<typeof cancelSaga>>
@@ -299,8 +302,8 @@ async function execute(
       // A second cancel changes nothing (the first request and its reason stand): say so.
       out.write(
         outcome === 'already-requested'
-          ? `saga ${parsed.id}: cancel already requested; nothing recorded (the first request and its reason stand)\n`
-          : `saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`,
+          ? `saga ${printable(parsed.id!)}: cancel already requested; nothing recorded (the first request and its reason stand)\n`
+          : `saga ${printable(parsed.id!)}: cancel requested; its completed steps will be compensated\n`,
       )
       return 0
     }
@@ -336,7 +339,9 @@ function refused(error: unknown, err: TextSink): number {
   if (!(error instanceof SagaNotFoundError || error instanceof SagaStateConflictError)) throw error
   // Both messages begin with a word of their own ("No", "Saga"), never a name or an acronym.
   const message = error.message.charAt(0).toLowerCase() + error.message.slice(1)
-  err.write(`breakwater saga: ${redactSecrets(message)}\n`)
+  // One line, escaped: the message quotes the id as given or stored (JSON.stringify's quoting
+  // leaves C1 controls such as \u009b as they are; a conflict's message does not quote it).
+  err.write(`breakwater saga: ${oneLine(message)}\n`)
   return 1
 }
 
