@@ -6,12 +6,13 @@
 // such as \u009b pass JSON.stringify's quoting).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
-import { createSagaWorker, defineSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
+import { createSagaWorker, migrateSagas, startSaga } from '../../src/saga/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
 import { runCaptured } from './captured.js'
 import { hanging } from './fixtures/hanging-sagas.js'
+import { parkingSaga } from './fixtures/parking-saga.js'
 
 const parkedId = 'parked\u001b[2J-1\u009b31m'
 const runningId = 'running\u001b]0;owned\u0007-2'
@@ -25,27 +26,7 @@ describe('breakwater saga retry|cancel with control characters in the id', () =>
     file = createTestSqlite('saga-admin-id-controls')
     db = await openDatabase(file.url)
     await migrateSagas(db)
-    // Parked: its last step refuses, and so does the compensation of the step before.
-    const parks = defineSaga({
-      name: 'parks',
-      version: 1,
-      steps: [
-        {
-          name: 'charge',
-          action: async () => ({}),
-          compensation: async () => {
-            throw Object.assign(new Error('refused'), { status: 422 })
-          },
-          compensationRetry: { maxAttempts: 1 },
-        },
-        {
-          name: 'ship',
-          action: async () => {
-            throw Object.assign(new Error('refused'), { status: 422 })
-          },
-        },
-      ],
-    })
+    const parks = parkingSaga('parks', 'refused')
     const worker = createSagaWorker({ db, sagas: [parks], clock: new ManualClock(Date.now()) })
     await worker.run(parks, {}, { id: 'parked-1' })
     await startSaga(db, hanging, {}, { id: 'running-2' })

@@ -3,11 +3,12 @@
 // the outbox's dead list, the output never shows its password, in the table and in --json.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
-import { createSagaWorker, defineSaga, migrateSagas } from '../../src/saga/index.js'
+import { createSagaWorker, migrateSagas } from '../../src/saga/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
 import { runCaptured } from './captured.js'
+import { parkingSaga } from './fixtures/parking-saga.js'
 
 // The JSON was masked as text, after JSON.stringify: a secret the mask runs to the end of
 // (`password=...`, `Bearer ...`) took the closing quote with it, and --json printed JSON that
@@ -25,26 +26,7 @@ describe.each([
     file = createTestSqlite('saga-output')
     db = await openDatabase(file.url)
     await migrateSagas(db)
-    const saga = defineSaga({
-      name: 'leaky',
-      version: 1,
-      steps: [
-        {
-          name: 'charge',
-          action: async () => ({}),
-          compensation: async () => {
-            throw Object.assign(new Error(leaky), { status: 422 })
-          },
-          compensationRetry: { maxAttempts: 1 },
-        },
-        {
-          name: 'ship',
-          action: async () => {
-            throw Object.assign(new Error(leaky), { status: 422 })
-          },
-        },
-      ],
-    })
+    const saga = parkingSaga('leaky', leaky)
     const worker = createSagaWorker({ db, sagas: [saga], clock: new ManualClock(Date.now()) })
     id = (await worker.run(saga, {})).id
   })
