@@ -13,8 +13,9 @@ import {
   migrateCommandFor,
   openExistingDatabase,
 } from './existing-database.js'
+import { printable } from './printable.js'
 import { tooNewLine } from './process-support.js'
-import { messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
+import { maskedUrl, messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
 export interface TextSink {
@@ -99,7 +100,8 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
     err.write(`${prefix} ${oneLine(error.message)}\n\n${command.usage}`)
     return 2
   }
-  const url = redactSecrets(parsed.url)
+  // Escaped too: the line goes to a terminal, and a URL may hold a control character.
+  const url = printable(maskedUrl(parsed.url))
   let db: SqlDriver
   try {
     db = await (deps.openDatabase === undefined

@@ -17,7 +17,7 @@ import {
 } from './existing-database.js'
 import { type HeldSignals, runHandedOver } from './held-signals.js'
 import { checkMigrated, StartupError } from './process-support.js'
-import { messageOf, oneLine, UsageError } from './usage.js'
+import { maskedUrl, messageOf, oneLine, UsageError } from './usage.js'
 
 // The life of a long-running command (`breakwater relay`, `breakwater saga worker`): start
 // what it needs, in order, run until SIGTERM or SIGINT, drain, close everything in reverse,
@@ -107,7 +107,7 @@ export async function openServiceDatabase(
     if (signal?.aborted === true && error === signal.reason) throw error
     const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
     if (bad !== undefined) throw new UsageError(bad, { cause: error })
-    throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
+    throw new StartupError(`cannot open ${maskedUrl(url)}: ${messageOf(error)}`)
   }
   resources.add('database', () => db.close())
   return db
@@ -128,7 +128,7 @@ export async function requireMigrations(
     await checkMigrated(db, capability, migrations, url, env)
   } catch (error) {
     if (error instanceof StartupError) throw error
-    throw new StartupError(`cannot read ${redactSecrets(url)}: ${messageOf(error)}`)
+    throw new StartupError(`cannot read ${maskedUrl(url)}: ${messageOf(error)}`)
   }
 }
 
@@ -146,7 +146,7 @@ export async function requireWrites(
     try {
       await db.execute(statement)
     } catch (error) {
-      throw new StartupError(`cannot write ${redactSecrets(url)}: ${messageOf(error)}`)
+      throw new StartupError(`cannot write ${maskedUrl(url)}: ${messageOf(error)}`)
     }
   }
 }
@@ -322,7 +322,9 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
   const fail = (message: string, error?: unknown): number => {
     log.error(message, error === undefined ? {} : { error })
     const detail = error === undefined ? '' : `: ${redactSecrets(messageOf(error))}`
-    err.write(`breakwater ${name}: ${redactSecrets(message)}${detail}\n`)
+    // One line: the message may quote a URL or a path holding a control character (the JSON
+    // log escapes it itself).
+    err.write(`breakwater ${name}: ${oneLine(message)}${detail}\n`)
     return 1
   }
   let startupFailure: number | undefined

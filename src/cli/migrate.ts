@@ -2,20 +2,20 @@ import { redactSecrets } from '../observability/index.js'
 import { SchemaTooNewError } from '../stores/errors.js'
 import type { Migration } from '../stores/migrations.js'
 import { checkSchemaVersion, runMigrations } from '../stores/migrations.js'
-import { redactUrl } from '../stores/redact.js'
 import {
   badDatabaseArgument,
   databaseUrlSource,
   openAnsweringDatabase,
   uncreatableFileRefusal,
 } from './existing-database.js'
+import { printable } from './printable.js'
 import {
   acceptedDatabaseUrls,
   databaseUrl,
   databaseUrlEnvironmentHelp,
   tooNewLine,
 } from './process-support.js'
-import { messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
+import { maskedUrl, messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {
@@ -128,7 +128,7 @@ export async function migrateCommand(
       return 2
     }
     err.write(
-      `breakwater migrate: cannot open ${redactUrl(url)}: ${redactSecrets(messageOf(error))}\n`,
+      `breakwater migrate: cannot open ${printable(maskedUrl(url))}: ${redactSecrets(messageOf(error))}\n`,
     )
     return 1
   }

@@ -11,7 +11,7 @@ import { sqliteUrlDefect } from '../stores/open.js'
 import { postgresUrlDefect, unparsablePostgresUrl } from '../stores/postgres.js'
 import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
 import { StartupError } from './startup-error.js'
-import { addSwitch, oneLine, UsageError } from './usage.js'
+import { addSwitch, maskedUrl, oneLine, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
 // integer flags, reading optional environment variables, failing at start with a message an
@@ -143,7 +143,7 @@ export async function checkMigrated(
     await checkSchemaVersion(db, capability, migrations)
   } catch (error) {
     if (!(error instanceof SchemaTooNewError)) throw error
-    throw new StartupError(`${redactSecrets(url)}: ${tooNewLine(error)}`, { cause: error })
+    throw new StartupError(`${maskedUrl(url)}: ${tooNewLine(error)}`, { cause: error })
   }
   const applied = new Set(
     (await listAppliedMigrations(db))
@@ -153,7 +153,7 @@ export async function checkMigrated(
   const missing = migrations.filter((m) => !applied.has(m.version))
   if (missing.length > 0)
     throw new StartupError(
-      `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run ${migrateCommandFor(url, env)} first`,
+      `${maskedUrl(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run ${migrateCommandFor(url, env)} first`,
     )
 }
 

@@ -74,7 +74,7 @@ import {
   passphraseArgumentFlags,
   passphraseFlagsHint,
 } from './relay-broker-tls.js'
-import { messageOf, UsageError, wantsHelp } from './usage.js'
+import { maskedUrl, messageOf, UsageError, wantsHelp } from './usage.js'
 
 /**
  * What `relayCommand` needs besides its arguments; the webhook secret, the broker key's
@@ -484,7 +484,7 @@ async function sqlQueuePublisher(
       // A path that cannot be a database file (a folder) is a bad argument, as for --db.
       const bad = badDatabaseArgument(error, parsed.brokerSource)
       if (bad !== undefined) throw new UsageError(bad, { cause: error })
-      throw new StartupError(`cannot open --broker ${redactSecrets(url)}: ${messageOf(error)}`)
+      throw new StartupError(`cannot open --broker ${maskedUrl(url)}: ${messageOf(error)}`)
     }
     const opened = queueDb
     resources.add('queue database', () => opened.close())

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { redactSecrets } from '../observability/redact.js'
+import { redactUrl } from '../stores/redact.js'
 import { printable } from './printable.js'
 
 /** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
@@ -31,6 +32,19 @@ export function refuseOptionFirst(first: string, form: string): void {
     throw new UsageError(
       `the command comes before its options (${form}), got the option "${first.split('=')[0]}" first`,
     )
+}
+
+/**
+ * A database or broker URL as every command's messages quote it: its password (and a
+ * `password=` query parameter) hidden even when the URL does not parse (the stores' redactUrl,
+ * which finds a password holding a line break, `pw\r`, where text masking ends the URL at it
+ * and showed the password), then a user name alone hidden too (redactSecrets: it may be a
+ * token, as NATS and Redis take one): `postgres://***@db/app`. migrate quoted
+ * `postgres://app@db/app` where the others said `postgres://***@db/app`. Not made one line:
+ * a JSON log escapes it itself, and a line of stderr goes through {@link printable}.
+ */
+export function maskedUrl(url: string): string {
+  return redactSecrets(redactUrl(url))
 }
 
 /**

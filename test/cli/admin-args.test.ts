@@ -216,3 +216,32 @@ describe('an in-memory --db is a bad argument (exit 2) for every command', () =>
     expect(result.code).toBe(2)
   })
 })
+
+describe('a database URL that cannot be opened is quoted the same by every command', () => {
+  // Nothing listens on port 1: the connect is refused at once, and the message quotes the URL.
+  // Every command masked it with redactSecrets but migrate, which used the stores' redactUrl:
+  // `postgres://app@127.0.0.1:1/db` there, `postgres://***@127.0.0.1:1/db` elsewhere (a user
+  // name alone is masked whole: it may be a token, as NATS and Redis take one). And
+  // redactSecrets reads text, so a password holding a line break (`pw\r`) was printed as it
+  // was by saga, outbox and relay, the \r sending the rest over the line's start.
+  const quiet = { stdout: { write: () => {} }, signals: new EventEmitter(), env: {} }
+  const commands: ReadonlyArray<[string, CapturedEntry, string[]]> = [
+    ['migrate', (args, deps) => migrateCommand(args, { capabilities: {}, ...deps, env: {} }), []],
+    ['saga', (args, deps) => sagaCommand(args, { ...deps, env: {} }), ['list']],
+    ['outbox', (args, deps) => outboxCommand(args, { ...deps, env: {} }), ['stats']],
+    ['relay', (args, deps) => relayCommand(args, { ...quiet, ...deps }), []],
+  ]
+  it.each(commands)('breakwater %s', async (name, entry, args) => {
+    for (const [given, shown] of [
+      ['postgres://app@127.0.0.1:1/db', 'postgres://***@127.0.0.1:1/db'],
+      ['postgres://app:hunter2\r@127.0.0.1:1/db', 'postgres://app:***@127.0.0.1:1/db'],
+    ] as const) {
+      const result = await runCaptured(entry, [...args, '--db', given])
+      expect(result.code, result.stderr).toBe(1)
+      expect(result.stderr).toContain(`breakwater ${name}: cannot open ${shown}: `)
+      expect(result.stderr).not.toContain('hunter2')
+      expect(result.stderr).not.toContain('app@')
+      expect(result.stderr.replaceAll('\n', '')).not.toMatch(/\p{Cc}/u)
+    }
+  })
+})
