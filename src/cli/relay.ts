@@ -74,7 +74,7 @@ import {
   passphraseArgumentFlags,
   passphraseFlagsHint,
 } from './relay-broker-tls.js'
-import { maskedUrl, messageOf, UsageError, wantsHelp } from './usage.js'
+import { maskedUrl, messageOf, oneLine, UsageError, wantsHelp } from './usage.js'
 
 /**
  * What `relayCommand` needs besides its arguments; the webhook secret, the broker key's
@@ -738,7 +738,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater relay: ${redactSecrets(error.message)}\n\n${usage}`)
+    err.write(`breakwater relay: ${oneLine(error.message)}\n\n${usage}`)
     return 2
   }
 

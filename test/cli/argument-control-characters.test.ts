@@ -31,6 +31,12 @@ const cases: ReadonlyArray<[string, CapturedEntry, string[], string]> = [
     'got "sqlite:./app.db\\r"',
   ],
   [
+    'relay, a --log-level ending in \\r',
+    (args, deps) => relayCommand(args, { ...quiet, ...deps, env: {} }),
+    ['--db', 'sqlite:./app.db', '--broker', 'nats://127.0.0.1:4222', '--log-level', 'info\r'],
+    'got "info\\r"',
+  ],
+  [
     'migrate, a --db ending in \\n',
     (args, deps) => migrateCommand(args, { capabilities: {}, ...deps, env: {} }),
     ['--db', 'sqlite:./app.db\n'],
