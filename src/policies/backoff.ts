@@ -1,6 +1,6 @@
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkKnownOptions, checkObject, isDroppedPromise, optionKeys } from '../core/validate.js'
 import { optionalFunction, optionalNumber, optionalOneOf } from './options.js'
 import type { RandomSource } from './random.js'
 
@@ -72,13 +72,23 @@ class ExponentialBackoff implements Backoff {
   readonly #factor: number
   readonly #capMs: number
   readonly #random: RandomSource
+  /** What `random` is called in errors (`backoff.random`, `retry.random`). */
+  readonly #randomOption: string
 
-  constructor(baseMs: number, factor: number, capMs: number, jitter: Jitter, random: RandomSource) {
+  constructor(
+    baseMs: number,
+    factor: number,
+    capMs: number,
+    jitter: Jitter,
+    random: RandomSource,
+    randomOption: string,
+  ) {
     this.#baseMs = baseMs
     this.#factor = factor
     this.#capMs = capMs
     this.jitter = jitter
     this.#random = random
+    this.#randomOption = randomOption
   }
 
   ceilingMs(retry: number): number {
@@ -129,9 +139,18 @@ class ExponentialBackoff implements Backoff {
   }
 
   // Clamped (NaN to 0) so that a sloppy user-supplied source cannot push a delay out of bounds.
+  // A promise (an async source) is refused instead: read as NaN it became 0, so full jitter
+  // retried at once, every time, without a word (and a rejected one went unhandled).
   #unit(): number {
-    const r = this.#random()
-    return r > 0 ? Math.min(r, 1) : 0
+    const r: unknown = this.#random()
+    if (typeof r !== 'number' && isDroppedPromise(r)) {
+      throw new InvalidOptionError(
+        this.#randomOption,
+        'a function returning a number in [0, 1), not a promise (it is not awaited)',
+        r,
+      )
+    }
+    return (r as number) > 0 ? Math.min(r as number, 1) : 0
   }
 }
 
@@ -196,5 +215,5 @@ export function resolveBackoff(prefix: string, options: BackoffOptions): Backoff
   }
   const jitter = optionalOneOf(`${prefix}.jitter`, options.jitter, 'full', jitterKinds)
   const random = optionalFunction<RandomSource>(`${prefix}.random`, options.random, Math.random)
-  return new ExponentialBackoff(baseMs, factor, capMs, jitter, random)
+  return new ExponentialBackoff(baseMs, factor, capMs, jitter, random, `${prefix}.random`)
 }

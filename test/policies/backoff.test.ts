@@ -5,6 +5,27 @@ import { exponentialBackoff, type Jitter } from '../../src/policies/backoff.js'
 import { seededRandom } from '../../src/policies/random.js'
 
 describe('exponentialBackoff', () => {
+  it('refuses a random source that answers a promise (an async one), naming it', async () => {
+    const unhandled: unknown[] = []
+    const onUnhandled = (reason: unknown) => unhandled.push(reason)
+    process.on('unhandledRejection', onUnhandled)
+    try {
+      for (const random of [async () => 0.5, () => Promise.reject(new Error('no entropy'))]) {
+        for (const jitter of ['full', 'equal', 'decorrelated'] as const) {
+          const backoff = exponentialBackoff({ jitter, random: random as never })
+          // A promise read as a number was NaN, clamped to 0: full jitter retried at once.
+          expect(() => backoff.delayMs(3)).toThrow(
+            expect.objectContaining({ code: 'INVALID_OPTION', option: 'backoff.random' }),
+          )
+        }
+      }
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(unhandled).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onUnhandled)
+    }
+  })
+
   it('without jitter doubles from 100 ms and stops at the 30 s cap', () => {
     const backoff = exponentialBackoff({ jitter: 'none' })
     const delays = Array.from({ length: 12 }, (_, n) => backoff.delayMs(n))
