@@ -825,7 +825,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // (After the new config is in force: a worker being replaced gets its drainTimeoutMs.)
     for (const { entry } of replaced) replace(entry)
     if (failed.length === 0) {
-      log.info('config reloaded in every worker', { workers: workers.size })
+      log.info('config reloaded in every worker', { ...fileField, workers: workers.size })
       return { refused: undefined, workers: report() }
     }
     // Some workers run the new file and the others the old one. The new one is adopted (it
@@ -836,6 +836,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // Refused (or not answered) by some workers: one failure, however many workers.
     reloadFailures.inc()
     log.error('a reload was applied by only some workers; replacing the others', {
+      ...fileField,
       workers: report(),
     })
     throw new PartiallyAppliedError('reload', applied, notAppliedBy(failed), report())

@@ -177,5 +177,30 @@ ${admin}`
         .find((l) => l.msg === 'no worker applied the reload; the running config stays in force')
       expect(line?.file).toBe('/etc/breakwater/proxy.yaml')
     })
+
+    it('names the file on the lines of a reload every worker, or only some, applied', async () => {
+      const { backend, log } = primary(() => ({
+        config: parseProxyConfig(twoWorkersYaml, 'file'),
+        text: twoWorkersYaml,
+      }))
+      const failing = new FakeWorker(2, {
+        answering: true,
+        refusing: (command) => (command.op === 'reload' ? 'cannot read tls file' : undefined),
+      })
+      for (const worker of [new FakeWorker(1, { answering: true }), failing]) {
+        backend.attach(worker as unknown as Worker)
+        worker.start()
+      }
+      await expect(backend.reload()).rejects.toThrow()
+      const partial = log
+        .lines()
+        .find((l) => l.msg === 'a reload was applied by only some workers; replacing the others')
+      expect(partial?.file).toBe('/etc/breakwater/proxy.yaml')
+      failing.exit(0, null)
+      backend.detach(failing as unknown as Worker)
+      await backend.reload()
+      const applied = log.lines().find((l) => l.msg === 'config reloaded in every worker')
+      expect(applied?.file).toBe('/etc/breakwater/proxy.yaml')
+    })
   })
 })
