@@ -1,7 +1,7 @@
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions, checkObject, isDroppedPromise, optionKeys } from '../core/validate.js'
-import { optionalFunction, optionalNumber, optionalOneOf } from './options.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { optionalFunction, optionalNumber, optionalOneOf, refuseDroppedPromise } from './options.js'
 import type { RandomSource } from './random.js'
 
 /**
@@ -143,13 +143,7 @@ class ExponentialBackoff implements Backoff {
   // retried at once, every time, without a word (and a rejected one went unhandled).
   #unit(): number {
     const r: unknown = this.#random()
-    if (typeof r !== 'number' && isDroppedPromise(r)) {
-      throw new InvalidOptionError(
-        this.#randomOption,
-        'a function returning a number in [0, 1), not a promise (it is not awaited)',
-        r,
-      )
-    }
+    if (typeof r !== 'number') refuseDroppedPromise(this.#randomOption, r, 'a number in [0, 1)')
     return (r as number) > 0 ? Math.min(r as number, 1) : 0
   }
 }

@@ -139,12 +139,21 @@ export function fnRefusal(option: string, value: unknown): Promise<never> {
  * ```
  */
 export function predicateAnswer(option: string, answer: unknown): boolean {
+  refuseDroppedPromise(option, answer, 'true or false')
+  return Boolean(answer)
+}
+
+/**
+ * Throws `InvalidOptionError` naming `option` when a synchronous user callback answered a
+ * promise (its outcome dropped, see `isDroppedPromise`); `returning` says what it should
+ * answer instead (`'true or false'`, `'a number in [0, 1)'`). Any other answer passes.
+ */
+export function refuseDroppedPromise(option: string, answer: unknown, returning: string): void {
   if (isDroppedPromise(answer)) {
     throw new InvalidOptionError(
       option,
-      'a function returning true or false, not a promise (it is not awaited)',
+      `a function returning ${returning}, not a promise (it is not awaited)`,
       answer,
     )
   }
-  return Boolean(answer)
 }
