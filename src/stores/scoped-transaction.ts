@@ -167,14 +167,15 @@ export class ScopedTransaction implements SqlTransaction {
  * tens of nanoseconds per statement.
  */
 const transactionControlStatement =
-  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:transaction|work))?\s+to\b))\b/i
+  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:transaction|work))?\s+to\b))\b/i
 
 function endsOrBegins(sql: string): boolean {
   return typeof sql === 'string' && transactionControlStatement.test(sql)
 }
 
 function transactionControl(sql: string): TransactionMisuseError {
-  const word = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*/, '').split(/\s/, 1)[0]
+  // The statement's first word, as the pattern found it after the comments.
+  const word = transactionControlStatement.exec(sql)?.[1]?.split(/\s/, 1)[0]
   return new TransactionMisuseError(
     `A statement that ends or begins a transaction (${JSON.stringify(word?.toUpperCase())}) was sent through a tx: the transaction commits when its callback resolves and rolls back when it throws, so return or throw instead (tx.transaction runs a savepoint)`,
   )
