@@ -15,8 +15,9 @@ import {
 
 /**
  * Label values of one series, by label name. Numbers and booleans are rendered as text. Any
- * string is taken; lone UTF-16 surrogates, which UTF-8 cannot hold, are rendered in a form that
- * keeps every series apart (see {@link escapeLabelValue}).
+ * string is taken; control characters, U+2028, U+2029 and lone UTF-16 surrogates (which UTF-8
+ * cannot hold) are rendered in a form that keeps every sample on one line and every series apart
+ * (see {@link escapeLabelValue}).
  */
 export type LabelValues = Readonly<Record<string, string | number | boolean>>
 
@@ -207,33 +208,47 @@ const defaultBuckets: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 /** The text exposition format's content type. */
 export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 
-// A lone surrogate (a high one with no low one after it, a low one with no high one before
-// it), or a U+FFFD that the text after it would make read as one of their marks below.
+// What escapeLabelValue writes as a mark: a lone surrogate (a high one with no low one after it,
+// a low one with no high one before it), a control character other than the line feed (which
+// has its own escape), U+2028 or U+2029; and a U+FFFD that the text after it would make read as
+// one of their marks below.
 const unencodable =
-  /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|\uFFFD(?=D[89A-F][0-9A-F]{2}|FFFD)/g
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+  /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|[\u0000-\u0009\u000B-\u001F\u007F-\u009F\u2028\u2029]|\uFFFD(?=D[89A-F][0-9A-F]{2}|FFFD|00[01][0-9A-F]|007F|00[89][0-9A-F]|202[89])/g
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+const markable = /[\u0000-\u0009\u000B-\u001F\u007F-\u009F\u2028\u2029\uD800-\uDFFF\uFFFD]/
 
 /**
- * Escapes a label value: backslash, double quote and line feed as the format says, and lone
- * UTF-16 surrogates, which UTF-8 cannot hold. Encoding would turn every one of those into
- * U+FFFD, so values that differ only in them (`'\uD800'`, `'\uD801'`) would render as one
- * series, twice (Prometheus refuses such a scrape) or merged. Instead a lone surrogate is
- * written as U+FFFD followed by its code in four upper-case hex digits (`'a\uD800'` renders as
- * `a�D800`), and a U+FFFD that is itself followed by upper-case `D800` to `DFFF` or by `FFFD`
- * is written as `�FFFD` (`'�D800'` renders as `�FFFDD800`). Everything else renders as it is,
- * other U+FFFD included. So the rendering is valid UTF-8 and can be read back (no two distinct
- * values share one); label values are never refused for what they hold, so a value taken from a
- * request cannot make the caller's `inc()` or `observe()` throw.
+ * Escapes a label value: backslash, double quote and line feed as the format says; the other
+ * control characters (C0, DEL, C1) and U+2028, U+2029, which the format lets through raw but
+ * which scrapers and log shippers take as the end of a line (a carriage return, U+0085, U+2028
+ * end a line for Python's `splitlines`, and a NUL or an escape sequence is no better), so a
+ * sample would be cut in two; and lone UTF-16 surrogates, which UTF-8 cannot hold. Encoding
+ * would turn every one of those into U+FFFD, so values that differ only in them (`'\uD800'`,
+ * `'\uD801'`) would render as one series, twice (Prometheus refuses such a scrape) or merged.
+ * The format has no escape for these but `\n` (Prometheus reads `\r` as a backslash and an
+ * `r`), so each is written as U+FFFD followed by its code in four upper-case hex digits
+ * (`'a\uD800'` renders as `a�D800`, `'a\rb'` as `a�000Db`), and a U+FFFD that is itself followed
+ * by text that would read as such a code (`D800` to `DFFF`, `0000` to `001F`, `007F` to `009F`,
+ * `2028`, `2029`) or by `FFFD` is written as `�FFFD` (`'�D800'` renders as `�FFFDD800`).
+ * Everything else renders as it is, other U+FFFD included. So every sample stays on one line,
+ * the rendering is valid UTF-8 and can be read back (no two distinct values share one); label
+ * values are never refused for what they hold, so a value taken from a request cannot make the
+ * caller's `inc()` or `observe()` throw.
  *
  * @example
  * ```ts
  * escapeLabelValue('say "hi"\n') // 'say \\"hi\\"\\n'
  * escapeLabelValue('/a\uD800') // '/a\uFFFDD800'
+ * escapeLabelValue('a\rb') // 'a\uFFFD000Db'
  * ```
  */
 export function escapeLabelValue(value: string): string {
-  const encodable = /[\uD800-\uDFFF\uFFFD]/.test(value)
+  const encodable = markable.test(value)
     ? value.replace(unencodable, (c) =>
-        c === '\uFFFD' ? '\uFFFDFFFD' : `\uFFFD${c.charCodeAt(0).toString(16).toUpperCase()}`,
+        c === '\uFFFD'
+          ? '\uFFFDFFFD'
+          : `\uFFFD${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`,
       )
     : value
   return encodable.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')

@@ -15,7 +15,9 @@ describe('metrics registry: series identity', () => {
     expect(hits.get({ a: 'x', b: '\u0000' })).toBe(2)
     const families = parsePrometheusText(await registry.render())
     expect(families.get('hits_total')!.samples).toHaveLength(2)
-    expect(sampleValue(families, 'hits_total', { a: 'x', b: '\u0000' })).toBe(2)
+    // A NUL is rendered as its mark (see escapeLabelValue), U+FFFD then its code.
+    expect(sampleValue(families, 'hits_total', { a: 'x', b: '\uFFFD0000' })).toBe(2)
+    expect(sampleValue(families, 'hits_total', { a: 'x\uFFFD0000', b: '' })).toBe(1)
   })
 })
 
