@@ -4,6 +4,8 @@
 
 export type { BrokerCommonOptions, SubscriberErrorEvent, SubscriberErrorPhase } from './common.js'
 export { KEY_HEADER, redactUrl } from './common.js'
+export type { DeadLetteredEvent, DeliveryLimitOptions } from './delivery-limit.js'
+export { DeliveryLimitError, withDeliveryLimit } from './delivery-limit.js'
 export type { BrokerErrorCode, BrokerErrorOptions, BrokerKind } from './errors.js'
 export { BrokerDriverMissingError, BrokerError } from './errors.js'
 export type { NatsBrokerOptions, NatsStreamSpec } from './nats.js'

@@ -43,7 +43,14 @@ export interface IncomingMessage {
   readonly key: string
   readonly payload: Uint8Array
   readonly headers: Readonly<Record<string, string>>
-  /** How many times the broker has delivered this message (1 on first delivery), when known. */
+  /**
+   * How many times the broker has delivered this message (1 on first delivery), when known.
+   * Deliveries are counted, not handler runs: one handed back unrun (over `prefetch`, by a
+   * closing subscription) counts too. NATS gives JetStream's count, Redis its pending entry's,
+   * the SQL queue its delivery row's; RabbitMQ counts the subscription's own retries, and after
+   * a lost channel only what the queue knows (a classic queue's redelivered flag as 2, a quorum
+   * queue's returns plus one). `withDeliveryLimit` reads it.
+   */
   readonly deliveryCount: number
 }
 
@@ -85,7 +92,11 @@ export interface Subscriber {
    * RabbitMQ 4 quorum queue dead-letters
    * it (or drops it, without a dead-letter exchange) after its delivery limit, 20 returns by
    * default. With a key, it holds that key's later messages for as long (see docs/outbox.md);
-   * without one, it costs a handler slot each time it comes back and holds nothing.
+   * without one, it costs a handler slot each time it comes back and holds nothing. To give it
+   * up after a number of deliveries, wrap the handler in `withDeliveryLimit(handler,
+   * { maxDeliveries, onDeadLetter })`: the failure on its last delivery (by
+   * {@link IncomingMessage.deliveryCount}) hands it to `onDeadLetter`, then it is acknowledged
+   * and the key's later messages run.
    *
    * `handler` runs in breakwater's own async context, not the caller's: a deadline set around
    * the `subscribe()` call (`withDeadline`, a request's) or an `AsyncLocalStorage` store of the

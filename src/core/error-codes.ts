@@ -62,6 +62,8 @@ export const errorCodes = {
     'start() was called on an outbox relay after stop() (or after it crashed); a relay runs once, create a new one.',
   PAYLOAD_TOO_LARGE:
     "An outbox event's payload (its JSON text, in UTF-8 bytes) is larger than maxPayloadBytes (1 MiB by default): refused by enqueue before writing, or, for a row already stored, dead-lettered by the relay without publishing it.",
+  DELIVERY_LIMIT_REACHED:
+    "A consumed message reached withDeliveryLimit's maxDeliveries: handed to onDeadLetter as the last error when this process did not see the handler's last failure, or thrown into the subscription when onDeadLetter failed (the message is then redelivered).",
   POISON_MESSAGE:
     'The inbox refused a consumed message for good: its id is empty or holds a NUL or a lone surrogate, so it cannot be recorded and deduplicated; acknowledged without running the handler, not redelivered.',
   SAGA_LEASE_LOST:

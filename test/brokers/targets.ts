@@ -5,6 +5,7 @@
 import type { BrokerName } from '../../scripts/lib/brokers.mjs'
 import {
   type Broker,
+  type BrokerCommonOptions,
   createNatsBroker,
   createRabbitMqBroker,
   createRedisBroker,
@@ -14,6 +15,7 @@ import {
 export interface TestOverrides {
   readonly concurrency?: number
   readonly prefetch?: number
+  readonly onError?: BrokerCommonOptions['onError']
 }
 
 /** The reconnect, retry and timeout tuning every test adapter uses. */
