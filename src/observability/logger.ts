@@ -360,7 +360,14 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
   // As a string (masked, cut short, counted against the line's budget): a data: URL holds its
   // whole payload in its href.
   if (object instanceof URL) return sanitize(object.href, core, depth, walk)
-  if (ArrayBuffer.isView(object)) return `[${object.byteLength} bytes]`
+  // Binary data as its size: its bytes say nothing a reader can use, and may be megabytes.
+  if (ArrayBuffer.isView(object) || types.isAnyArrayBuffer(object))
+    return `[${object.byteLength} bytes]`
+  // As their text or value (masked, cut short): their data is in internal slots, not properties,
+  // so they were written `{}`.
+  if (types.isRegExp(object))
+    return sanitize(RegExp.prototype.toString.call(object), core, depth, walk)
+  if (types.isBoxedPrimitive(object)) return sanitize(unboxed(object), core, depth, walk)
   seen.add(object)
   try {
     if (object instanceof Error || types.isNativeError(object))
@@ -374,32 +381,122 @@ function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: W
       return items
     }
     if (types.isMap(object)) {
-      const out = fieldsObject()
-      for (const [k, v] of object as Map<unknown, unknown>) {
-        if (overBudget(out, walk)) break
-        const { secret, shown } = fieldName(String(k), core)
-        walk.left -= shown.length + 4
-        out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, walk)
-      }
-      return out
+      const map = object as Map<unknown, unknown>
+      return hasObjectKey(map)
+        ? entryList(map, core, depth, walk)
+        : pairsObject(map, core, depth, walk)
     }
     if (types.isSet(object)) return sanitize([...(object as Set<unknown>)], core, depth, walk)
     const toJSON = (object as { toJSON?: unknown }).toJSON
     if (typeof toJSON === 'function') {
       return sanitize((toJSON as () => unknown).call(object), core, depth + 1, walk)
     }
+    // Only an object made by a class may be a built-in whose data is in internal slots: a plain
+    // object (nearly every logged one) is not looked at twice.
+    const prototype: unknown = Object.getPrototypeOf(object)
+    const plain = prototype === Object.prototype || prototype === null
+    const kind = plain ? 'Object' : kindOf(object)
+    // WHATWG Headers (fetch's, or another undici copy's) and URLSearchParams: their pairs, as a
+    // Map's (a secret header's or query parameter's value redacted by its name).
+    if ((kind === 'Headers' || kind === 'URLSearchParams') && hasEntries(object))
+      return pairsObject(object.entries(), core, depth, walk)
     const out = fieldsObject()
+    let written = false
     for (const [key, v] of Object.entries(object)) {
       if (v === undefined) continue
       if (overBudget(out, walk)) break
       const { secret, shown } = fieldName(key, core)
       walk.left -= shown.length + 4
       out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, walk)
+      written = true
     }
+    // A built-in with nothing in its own properties (an AbortSignal, a Promise, a WeakMap, a
+    // Blob) says at least what it is; `{}` said nothing. An instance of a class of the
+    // program's own (tagged `Object`) is still `{}`, as JSON.stringify writes it.
+    if (!written && kind !== 'Object') return `[${kind}]`
     return out
   } finally {
     seen.delete(object)
   }
+}
+
+// The primitive a boxed one holds (`new String('x')`, `Object(1n)`), read through this realm's
+// methods, which read the internal slot and so work on another realm's boxes too.
+function unboxed(object: object): unknown {
+  if (types.isStringObject(object)) return String.prototype.valueOf.call(object)
+  if (types.isNumberObject(object)) return Number.prototype.valueOf.call(object)
+  if (types.isBooleanObject(object)) return Boolean.prototype.valueOf.call(object)
+  if (types.isBigIntObject(object)) return BigInt.prototype.valueOf.call(object)
+  return Symbol.prototype.valueOf.call(object as unknown as symbol)
+}
+
+// What Object.prototype.toString calls an object (its Symbol.toStringTag, or its built-in
+// kind): `Headers`, `AbortSignal`, `Object` for a class of the program's own.
+function kindOf(object: object): string {
+  return Object.prototype.toString.call(object).slice(8, -1)
+}
+
+function hasEntries(object: object): object is { entries(): Iterable<[unknown, unknown]> } {
+  return typeof (object as { entries?: unknown }).entries === 'function'
+}
+
+// Whether a Map has a key that String() would write as `[object Object]` (so every such key as
+// the same name, each entry overwriting the last).
+function hasObjectKey(map: Map<unknown, unknown>): boolean {
+  for (const key of map.keys()) {
+    if ((typeof key === 'object' && key !== null) || typeof key === 'function') return true
+  }
+  return false
+}
+
+// [name, value] pairs (a Map with keys that are text or numbers, Headers, URLSearchParams) as
+// an object: names masked and cut as field names are, a secret name's value redacted, and a
+// name that comes again (a repeated query parameter, two keys 1 and '1') written as the list of
+// its values rather than the last one alone.
+function pairsObject(
+  pairs: Iterable<[unknown, unknown]>,
+  core: LoggerCore,
+  depth: number,
+  walk: Walk,
+): Record<string, unknown> {
+  const out = fieldsObject()
+  let lists: Set<string> | undefined
+  for (const [k, v] of pairs) {
+    if (overBudget(out, walk)) break
+    const { secret, shown } = fieldName(String(k), core)
+    walk.left -= shown.length + 4
+    const value = secret ? REDACTED : sanitize(v, core, depth + 1, walk)
+    if (!Object.hasOwn(out, shown)) out[shown] = value
+    else if (lists?.has(shown)) (out[shown] as unknown[]).push(value)
+    else if (out[shown] !== REDACTED || !secret) {
+      out[shown] = [out[shown], value]
+      lists ??= new Set()
+      lists.add(shown)
+    }
+  }
+  return out
+}
+
+// A Map with an object for a key, as the list of its [key, value] pairs (cut as an array is):
+// such keys have no name to be written under. A value is redacted when its key is text that
+// names a secret, as in the object form.
+function entryList(
+  map: Map<unknown, unknown>,
+  core: LoggerCore,
+  depth: number,
+  walk: Walk,
+): unknown[] {
+  const items: unknown[] = []
+  for (const [k, v] of map) {
+    if (items.length === maxArrayItems) {
+      items.push(`[${map.size - maxArrayItems} more]`)
+      break
+    }
+    const secret = typeof k === 'string' && fieldName(k, core).secret
+    const key = sanitize(k, core, depth + 2, walk)
+    items.push([key, secret ? REDACTED : sanitize(v, core, depth + 2, walk)])
+  }
+  return items
 }
 
 // Marks a Map or object whose entries ran past the line's budget (under the key `…`, which no
@@ -529,7 +626,14 @@ function isAggregateError(error: object): boolean {
  * code, status, stack, cause }` (no stack for breakwater's coded errors), with the diagnostic
  * fields of Node's system errors (`errno`, `syscall`, `address`, `port`, `path`, `dest`) and
  * of pg's (`detail`, `hint`, `severity`, `schema`, `table`, `column`, `constraint`,
- * `routine`) when they hold text or a number. Circular and very
+ * `routine`) when they hold text or a number. Built-ins whose data is not in own properties
+ * keep it: a WHATWG `Headers` or `URLSearchParams` is written as an object of its pairs (a
+ * secret-named header's or parameter's value redacted, a repeated name as a list), a `Map` as an
+ * object of its entries (as `[key, value]` pairs when a key is an object), a `Set` as an array,
+ * a `RegExp` as its text, a `URL` as its `href` with the password masked, a boxed primitive as
+ * its value, binary data (a `Buffer`, a typed array, an `ArrayBuffer`) as `[N bytes]`, and
+ * another built-in with no own data (an `AbortSignal`, a `Promise`) as its kind, `[AbortSignal]`.
+ * Circular and very
  * deep values are cut short, so are strings and field names past 8,192 characters and arrays past 100 items,
  * and one call's fields write about 1 MiB of text at most (a huge Map or a graph of shared
  * references is written `[truncated]` past it), and a value that throws when read (a getter, `toJSON`, a revoked
