@@ -124,6 +124,12 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
   process.on('SIGHUP', onSignal)
+  // Any other end of the process before the clean-up is over (the CLI exits 141 when the
+  // reader of the output went away, `npm start | head`; 1 when it cannot be written): the
+  // services would exit by themselves, their folder of SQLite files would stay. 'exit'
+  // listeners run synchronously, as abandon does.
+  const onExit = (): void => abandon()
+  process.on('exit', onExit)
   try {
     write(
       `breakwater shop demo: starting 9 processes on ${options.db ? 'PostgreSQL' : 'SQLite'} + ${
@@ -273,6 +279,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
       process.off('SIGHUP', onSignal)
+      process.off('exit', onExit)
     }
   }
 }

@@ -1,12 +1,21 @@
 // Stopping the demo: the first signal stops the load and lets the system settle before judging
 // it; an impatient second one (Ctrl-C twice) must still end it cleanly, with every service
 // stopped and the temporary folder of SQLite files removed, not kill it where it stands.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { applyChaosVia, type DemoRun, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
+import {
+  applyChaosVia,
+  type DemoRun,
+  dashboardOf,
+  ensureShopBuilt,
+  repoRoot,
+  startDemo,
+} from './support.js'
 
 let temp: string
 
@@ -98,6 +107,36 @@ describe('stopping the shop demo', () => {
     const { code, stdout, stderr } = await run.done
     expect(code, `${stdout}\n${stderr}`).toBe(130)
     expect(stdout).toMatch(/stopped at once/)
+    await expectNothingLeftIn(own)
+  }, 120_000)
+
+  // `npm start | head`, `| less` quit early, a `tee` that died: the CLI ends a command whose
+  // reader went away with exit 141 (process.exit), and the demo's nine processes and its
+  // temporary SQLite folder were left behind (the services exit by themselves, the folder
+  // stayed).
+  it('a reader of its output that goes away ends it (141), still removing its files', async () => {
+    const own = mkdtempSync(join(temp, 'reader-'))
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'demo', '--port', '0'],
+      { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: own } },
+    )
+    let stdout = ''
+    let stderr = ''
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk
+    })
+    const exited = once(child, 'exit') as Promise<[number | null]>
+    // Read until the shop is up, then go away: the next live line (chaos starts within
+    // seconds) fails with EPIPE.
+    for await (const chunk of child.stdout.setEncoding('utf8')) {
+      stdout += chunk
+      if (/^dashboard:/m.test(stdout)) break
+    }
+    child.stdout.destroy()
+    expect(processesUsing(own).length).toBeGreaterThan(0)
+    const [code] = await exited
+    expect(code, `${stdout}\n${stderr}`).toBe(141)
     await expectNothingLeftIn(own)
   }, 120_000)
 
