@@ -1,6 +1,6 @@
 import { AsyncResource } from 'node:async_hooks'
 import { type Clock, type TimerHandle, timerDelayMs } from '../core/clock.js'
-import { checkNumber } from '../core/validate.js'
+import { checkInteger, checkNumber } from '../core/validate.js'
 
 interface PendingTimer {
   readonly id: number
@@ -29,6 +29,8 @@ export class ManualClock implements Clock {
   #now: number
   #nextId = 1
   #timers: PendingTimer[] = []
+  // The end of the last advance() or runAll() called (see #inTurn).
+  #lastMove: Promise<void> = Promise.resolve()
 
   /**
    * @param startMs The initial value of `now()`; a finite number. @default 0
@@ -106,6 +108,45 @@ export class ManualClock implements Clock {
    */
   async advance(ms: number): Promise<void> {
     checkNumber('ManualClock.advance ms', ms, 0, Number.MAX_VALUE)
+    return this.#inTurn(() => this.#advanceBy(ms))
+  }
+
+  /**
+   * Fires timers one after another until none is left (or `limit` have fired). A timer set to
+   * `Infinity` never falls due, as on the system clock, so it is left pending. Runs after any
+   * `advance()` still under way, as a later `advance()` does.
+   *
+   * @throws InvalidOptionError (rejects) when `limit` is not a whole number >= 1.
+   */
+  async runAll(limit = 10_000): Promise<void> {
+    checkInteger('ManualClock.runAll limit', limit, 1)
+    return this.#inTurn(async () => {
+      // Checked once more after the last allowed firing: exactly `limit` timers is not too many.
+      for (let fired = 0; ; fired++) {
+        const next = this.#earliest()
+        if (next === undefined || next.at === Number.POSITIVE_INFINITY) return
+        if (fired === limit) break
+        await this.#advanceBy(next.at - this.#now)
+      }
+      throw new Error(
+        `ManualClock.runAll: more than ${limit} timers fired; is something rescheduling forever?`,
+      )
+    })
+  }
+
+  // Moves of time run one at a time, in call order: a test that starts an advance without
+  // awaiting it and then another had the two interleave at every flush, the later (shorter) one
+  // setting now() back below timers the earlier had already fired.
+  #inTurn(move: () => Promise<void>): Promise<void> {
+    const turn = this.#lastMove.then(move)
+    this.#lastMove = turn.then(
+      () => {},
+      () => {},
+    )
+    return turn
+  }
+
+  async #advanceBy(ms: number): Promise<void> {
     const target = this.#now + ms
     await flushJobs()
     for (;;) {
@@ -118,21 +159,6 @@ export class ManualClock implements Clock {
     }
     this.#now = target
     await flushJobs()
-  }
-
-  /**
-   * Fires timers one after another until none is left (or `limit` have fired). A timer set to
-   * `Infinity` never falls due, as on the system clock, so it is left pending.
-   */
-  async runAll(limit = 10_000): Promise<void> {
-    for (let i = 0; i < limit; i++) {
-      const next = this.#earliest()
-      if (next === undefined || next.at === Number.POSITIVE_INFINITY) return
-      await this.advance(next.at - this.#now)
-    }
-    throw new Error(
-      `ManualClock.runAll: more than ${limit} timers fired; is something rescheduling forever?`,
-    )
   }
 
   #earliest(): PendingTimer | undefined {

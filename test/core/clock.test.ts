@@ -174,6 +174,32 @@ describe('ManualClock timers', () => {
     await clock.advance(Number.MAX_SAFE_INTEGER)
     expect(fired).toEqual(['soon'])
   })
+
+  it('runs advances that overlap (one not awaited) one after the other: time never goes back', async () => {
+    const clock = new ManualClock(0)
+    const seen: number[] = []
+    for (const at of [10, 60, 120, 149]) clock.setTimeout(() => seen.push(clock.now()), at)
+    // A test that forgets to await one advance before the next.
+    const first = clock.advance(100)
+    const second = clock.advance(50)
+    await Promise.all([first, second])
+    expect(clock.now()).toBe(150)
+    expect(seen).toEqual([10, 60, 120, 149])
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('refuses a runAll limit that is not a whole number >= 1, naming it', async () => {
+    const clock = new ManualClock(0)
+    clock.setTimeout(() => {}, 10)
+    for (const limit of [0, -1, Number.NaN, 1.5, '3' as unknown as number])
+      await expect(clock.runAll(limit)).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        message: expect.stringContaining('ManualClock.runAll limit'),
+      })
+    expect(clock.pendingTimers).toBe(1)
+    await clock.runAll(1)
+    expect(clock.pendingTimers).toBe(0)
+  })
 })
 
 // Whether a wait holds the process open, read from Node's list of referenced handles: a
