@@ -37,8 +37,10 @@ export function refuseOptionFirst(first: string, form: string): void {
 /**
  * A database or broker URL as every command's messages quote it: its password (and a
  * `password=` query parameter) hidden even when the URL does not parse (the stores' redactUrl,
- * which finds a password holding a line break, `pw\r`, where text masking ends the URL at it
- * and showed the password), then a user name alone hidden too (redactSecrets: it may be a
+ * which reads the whole string as one URL, so it also finds a password holding a line break
+ * or a `://` in its middle, where text masking, which must tell a URL's end in prose, stops;
+ * one ending in a line break, `pw\r@db`, text masking finds too), then a user name alone
+ * hidden too (redactSecrets: it may be a
  * token, as NATS and Redis take one): `postgres://***@db/app`. migrate quoted
  * `postgres://app@db/app` where the others said `postgres://***@db/app`. Not made one line:
  * a JSON log escapes it itself, and a line of stderr goes through {@link printable}.

@@ -84,11 +84,17 @@ const openPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:(?!\d*(?:[/?#]|$))/i
 // host and port.
 const portOrPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:\d*(?:[/?#][^@]*)?$/i
 // What ends the search for the `@` after an open password: the `@`, or the end of the line, or
-// the next URL (a password holds no `://`). After a port-like run, a blank ends it too.
-const userinfoEnd = /@|[\r\n]|:\/\//g
+// the next URL (a password holds no `://`). After a port-like run, a blank ends it too. A line
+// break right before the `@` is the password's: one read from a file (a Docker or Kubernetes
+// secret) keeps the file's last line break when a URL is built around it.
+const userinfoEnd = /@|\r\n(?!@)|\r(?![\n@])|\n(?!@)|:\/\//g
 const userinfoEndNoBlank = /@|[\s"'<>`]|:\/\//g
 // The rest of a URL after its userinfo's `@`, as urlRuns reads it.
 const afterAt = /[^\s"'<>`]*/y
+// A run that a line break stopped inside its authority (`scheme://user:pw`, `scheme://token`),
+// and the line break then `@` that make it userinfo (see userinfoEnd).
+const openAuthority = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@]*$/i
+const lineBreakThenAt = /(?:\r\n?|\n)@/y
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
 // key is judged as a field name is: one that ends in a secret name (`DB_PASSWORD`, `PGPASSWORD`,
 // `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`). The match
@@ -172,6 +178,8 @@ const mayHoldSecret =
  * (brackets in quoted strings not counted), or to the end of the text when it never closes;
  * a URL password runs to the first `@` on its line, whatever it holds before it (blanks,
  * quotes, angle brackets, backticks: `postgres://app:my pass@db`, `postgres://app:pa"ss@db`),
+ * or to an `@` right after the line break that ends its line (`postgres://app:pw\n@db`, a
+ * password read from a file with its last line break, in a message of several lines),
  * or to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`); one that starts
  * like a port (`postgres://app:12"34@db`) runs to an `@` only with no blank nor second quote on
  * the way, as `"http://host:8080" by ann@example.com` is a host and port. The search for that
@@ -432,7 +440,13 @@ export function maskUrlCredentials(text: string, onScan?: (chars: number) => voi
     let run = match[0]
     const runEnd = start + run.length
     const search = passwordSearch(run, text[runEnd])
-    if (search !== undefined) {
+    lineBreakThenAt.lastIndex = runEnd
+    if (search === undefined && openAuthority.test(run) && lineBreakThenAt.test(text)) {
+      // Userinfo ending in a line break (a password read from a file with its last one).
+      afterAt.lastIndex = lineBreakThenAt.lastIndex
+      run = text.slice(start, lineBreakThenAt.lastIndex) + (afterAt.exec(text)?.[0] ?? '')
+      urlRuns.lastIndex = start + run.length
+    } else if (search !== undefined) {
       // Past the character that stopped the run (the search after a port may stop at it).
       search.lastIndex = runEnd + 1
       const end = search.exec(text)
