@@ -118,6 +118,23 @@ async function freePort(taken: ReadonlySet<number>): Promise<number> {
 export const shopSchemas: readonly string[] = [...storeOwners, 'queue'].map((o) => `shop_${o}`)
 
 /**
+ * Claims the database for one shop demo, on `admin`'s connection (a pool of one connection
+ * that never closes it while idle): a session advisory lock, held until that connection
+ * closes (the shop's close, or the demo process's end, whatever ends it). Rejects when another
+ * demo holds it: the run about to replace the shop_* schemas would drop them under that
+ * demo's running services (its DROP SCHEMA ended in a deadlock, or took their tables away).
+ */
+export async function claimShopDatabase(admin: SqlDriver): Promise<void> {
+  const [row] = await admin.query<{ claimed: boolean }>(
+    "SELECT pg_try_advisory_lock(hashtext('breakwater shop demo')) AS claimed",
+  )
+  if (row?.claimed !== true)
+    throw new Error(
+      'another shop demo is running on this database (it owns the shop_* schemas until it ends): wait for it to end, or give --db another database',
+    )
+}
+
+/**
  * Replaces the shop's schemas ({@link shopSchemas}) with empty ones, in one transaction. The
  * shop owns them: a run that found an earlier run's rows would count its orders in its figures,
  * and its pending outbox events, published to that run's topic, would never be consumed. A
@@ -192,12 +209,15 @@ async function startPrepared(
     const separator = options.db.includes('?') ? '&' : '?'
     return `${options.db}${separator}options=${encodeURIComponent(`-c search_path=shop_${owner}`)}`
   }
+  // On PostgreSQL, the connection that holds the database for this run until the shop closes.
+  let claim: SqlDriver | undefined
   if (options.db !== undefined) {
+    at('claiming the database')
+    claim = await open(options.db, { postgres: { maxConnections: 1, idleTimeoutMs: 0 } })
+    await claimShopDatabase(claim)
     // Each run starts from empty stores (see prepareShopSchemas).
     at("replacing the stores' schemas")
-    const admin = await open(options.db, { postgres: { maxConnections: 1 } })
-    await prepareShopSchemas(admin)
-    await closeNow(admin)
+    await prepareShopSchemas(claim)
   }
 
   // Migrations first, from this process, before any service runs (the orders service, its
@@ -351,6 +371,7 @@ async function startPrepared(
       )
       await proxy?.close()
       for (const db of Object.values(dbs)) await db.close()
+      await claim?.close()
       rmSync(dir, { recursive: true, force: true })
     },
     abandon: () => {
