@@ -29,7 +29,7 @@ export interface ShopFigures {
   readonly refunds: number
   /** Orders with more than one charge row: money taken twice. */
   readonly duplicateCharges: number
-  /** Emails: orders with one, orders with more than one, finished new orders with none. */
+  /** Emails: sent (every one), orders with more than one, finished new orders with none. */
   readonly emails: {
     readonly sent: number
     readonly duplicated: number
@@ -189,7 +189,8 @@ export async function countFigures(
     refunds,
     duplicateCharges,
     emails: {
-      sent: emailRows.length,
+      // Every email, a second one to the same order too: the duplicates must show here.
+      sent: emailRows.reduce((sum, r) => sum + Number(r.n), 0),
       duplicated: emailRows.filter((r) => Number(r.n) > 1).length,
       missing,
     },

@@ -104,6 +104,14 @@ describe('the invariant checker on real databases', () => {
     expect(await brokenNow(true)).toEqual([])
   })
 
+  // The summary's and the dashboard's "emails sent": with `--break inbox` the table showed as
+  // many emails as orders emailed (25) beside "5 orders got 2+", hiding the duplicates.
+  it('counts every email sent, a second one to the same order too', async () => {
+    await email('new-1', 'em-2')
+    const figures = await countFigures(dbs, accepted)
+    expect(figures.emails).toEqual({ sent: 2, duplicated: 1, missing: 0 })
+  })
+
   it.each([
     ['a charge without a paid order', () => charge('nobody', 'ch-x'), 'charges = paid orders'],
     [
