@@ -37,7 +37,8 @@ notifications behind an inbox), each its own process, the outbox relay and two s
 all behind the breakwater proxy; a load generator, a live dashboard and chaos. At the end the
 invariants are counted from the databases; the exit code is 1 if one broke.
 
-  --duration <s>      how long the load runs (default ${shopDefaults.durationS}; 0: until Ctrl-C)
+  --duration <s>      how long the load runs (default ${shopDefaults.durationS}; 0: until Ctrl-C,
+                      no chaos script: chaos by hand)
   --chaos <script>    ${chaosScripts.join(' | ')} (default: ${shopDefaults.chaos})
   --rate <n>          orders per second (default ${shopDefaults.rate})
   --db <url>          postgres://... for every store, a shop_* schema each: its shop_* schemas
@@ -259,6 +260,14 @@ function parseShop(args: readonly string[]): Parsed | string {
     } else {
       return `unknown demo ${shown(arg)} (known: shop, policies)`
     }
+  }
+  // A chaos script's steps are placed at fractions of the duration: `--duration 0` (until
+  // Ctrl-C) has none, so no step would ever play while the banner named the script. Given, it
+  // is refused; by default, the run is without one and says so (chaos by hand, the dashboard).
+  if (options.durationS === 0 && options.chaos !== 'none') {
+    if (seen.has('--chaos'))
+      return `--chaos ${options.chaos} is played over --duration, and --duration 0 has none: give a duration, or --chaos none (the chaos by hand, from the dashboard)`
+    options.chaos = 'none'
   }
   if (options.json !== undefined) {
     const problem = jsonFileProblem(options.json)

@@ -1,7 +1,9 @@
 // `breakwater demo` answers bad arguments with exit 2 and never shows a password they hold:
 // `--db` belongs to the shop, and given to `demo policies` it is quoted back as unknown.
+import { EventEmitter } from 'node:events'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { demoCommand } from '../../src/cli/demo.js'
+import type { SignalTarget } from '../../src/process/index.js'
 
 afterEach(() => {
   vi.restoreAllMocks()
@@ -112,5 +114,45 @@ describe('breakwater demo: --help or -h where a value would go', () => {
     })
     expect(await demoCommand(['policies', '--only=-h'])).toBe(2)
     expect(stderr).toContain('unknown scenario "-h"')
+  })
+})
+
+// `--duration 0` (run until Ctrl-C) plays no chaos script: its steps are placed at fractions of
+// the duration. `demo --duration 0 --chaos lost-replies` printed "chaos: lost-replies" and
+// played nothing (0 replies lost), so `--break inbox` beside it showed no defect to catch.
+describe('breakwater demo --duration 0 and a chaos script', () => {
+  const runWith = async (args: string[]) => {
+    let stderr = ''
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stderr += String(chunk)
+      return true
+    })
+    const runs: { chaos: string }[] = []
+    const code = await demoCommand(args, {
+      signals: new EventEmitter() as unknown as SignalTarget,
+      loadShop: async () => async (options) => {
+        runs.push(options)
+        return { ok: true }
+      },
+    })
+    return { code, stderr, runs }
+  }
+
+  it.each([['lost-replies'], ['default']])(
+    'refuses --chaos %s, which it would not play, exit 2',
+    async (script) => {
+      const { code, stderr, runs } = await runWith(['--duration', '0', '--chaos', script])
+      expect(code).toBe(2)
+      expect(stderr).toContain(
+        `breakwater demo: --chaos ${script} is played over --duration, and --duration 0 has none: give a duration, or --chaos none (the chaos by hand, from the dashboard)`,
+      )
+      expect(runs).toEqual([])
+    },
+  )
+
+  it('runs without a script when --chaos is not given, and says so (chaos: none)', async () => {
+    const { code, runs } = await runWith(['--duration', '0', '--quiet'])
+    expect(code).toBe(0)
+    expect(runs.map((r) => r.chaos)).toEqual(['none'])
   })
 })
