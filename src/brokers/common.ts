@@ -154,6 +154,15 @@ export interface BrokerCommonOptions {
   readonly holdTimeoutMs?: number | undefined
   /** Wait before a message whose handler failed is delivered again. @default 1000 */
   readonly retryDelayMs?: number | undefined
+  /**
+   * How long a subscription's `close()` (and the subscriber's and broker's) waits for running
+   * handlers. A handler still running then is given up: `close()` closes the connection and
+   * rejects with `SubscriptionCloseTimeoutError` (`SUBSCRIPTION_CLOSE_TIMEOUT`), and the message
+   * is left unacknowledged, also when the handler finishes later, so the broker redelivers it.
+   * Without a bound, one handler that never settled held `close()`, and a SIGTERM shutdown
+   * waiting on it, for ever. 0 gives up on any handler still running at once. @default 30000
+   */
+  readonly closeTimeoutMs?: number | undefined
   /** First wait before a lost subscription reconnects; doubles per failed attempt. @default 100 */
   readonly reconnectDelayMs?: number | undefined
   /** Longest wait between reconnect attempts. @default 5000 */
@@ -189,6 +198,7 @@ export const commonOptionKeys: { readonly [K in keyof BrokerCommonOptions]-?: tr
   maxHeldPerKey: true,
   holdTimeoutMs: true,
   retryDelayMs: true,
+  closeTimeoutMs: true,
   reconnectDelayMs: true,
   maxReconnectDelayMs: true,
   onError: true,
@@ -206,6 +216,7 @@ export interface ResolvedCommonOptions {
   readonly maxHeldPerKey: number
   readonly holdTimeoutMs: number
   readonly retryDelayMs: number
+  readonly closeTimeoutMs: number
   readonly reconnectDelayMs: number
   readonly maxReconnectDelayMs: number
   readonly onError: (event: SubscriberErrorEvent) => void
@@ -254,6 +265,7 @@ export function resolveCommonOptions(
     ),
     holdTimeoutMs: ms(`${prefix}.holdTimeoutMs`, options.holdTimeoutMs, 60_000, 1),
     retryDelayMs: ms(`${prefix}.retryDelayMs`, options.retryDelayMs, 1_000, 0),
+    closeTimeoutMs: ms(`${prefix}.closeTimeoutMs`, options.closeTimeoutMs, 30_000, 0),
     reconnectDelayMs,
     maxReconnectDelayMs: ms(
       `${prefix}.maxReconnectDelayMs`,
@@ -658,13 +670,21 @@ export function trackedSubscription(
   return subscription
 }
 
+/**
+ * Closes each of `things` at once and waits for every close to end, then rejects with the first
+ * failure (a `SubscriptionCloseTimeoutError`), if any: with `Promise.all` a subscriber's close
+ * rejected as soon as one subscription gave up, while the others were still closing.
+ */
+export async function closeAll(things: Iterable<{ close(): Promise<void> }>): Promise<void> {
+  const results = await Promise.allSettled([...things].map((thing) => thing.close()))
+  for (const result of results) if (result.status === 'rejected') throw result.reason
+}
+
 /** Pairs an adapter's publisher and subscriber as a {@link Broker} whose `close()` closes both. */
 export function pairBroker(publisher: Publisher, subscriber: Subscriber): Broker {
   return {
     publisher,
     subscriber,
-    async close() {
-      await Promise.all([publisher.close(), subscriber.close()])
-    },
+    close: () => closeAll([publisher, subscriber]),
   }
 }

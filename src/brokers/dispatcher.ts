@@ -129,6 +129,9 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   readonly #handled = new Set<string>()
   readonly #handledLimit: number
   #closed = false
+  // Set when close() gave up on handlers still running: none of them settles (or reports) when
+  // it finishes later, as its connection is closed and the broker redelivers the message.
+  #cutOff = false
   // Open pauses: while any is, deliveries are queued (and held, and counted) but none starts.
   #pauses = 0
   #roomWaiters: Array<() => void> = []
@@ -304,9 +307,12 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
 
   /**
    * Stops starting handlers, releases every queued delivery, and resolves once the running
-   * handlers have finished and every settle has completed.
+   * handlers have finished and every settle has completed, with 0. With `timeoutMs`, it waits
+   * for running handlers at most that long on the clock: if some are still running then, it
+   * resolves with their number at once, and none of them settles (nor reports) when it ends, so
+   * the adapter can close the connection and leave their messages to the broker.
    */
-  async close(): Promise<void> {
+  async close(timeoutMs?: number): Promise<number> {
     if (!this.#closed) {
       this.#closed = true
       for (const state of this.#lanes.values()) {
@@ -322,10 +328,35 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       this.#readySet.clear()
       this.#wakeRoom()
     }
-    while (this.#running > 0) {
-      await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
+    const unfinished = await this.#handlersDone(timeoutMs)
+    if (unfinished > 0) {
+      this.#cutOff = true
+      return unfinished
     }
     while (this.#settling.size > 0) await Promise.all([...this.#settling])
+    return 0
+  }
+
+  /** Waits for the running handlers, at most `timeoutMs`; resolves with those still running. */
+  async #handlersDone(timeoutMs: number | undefined): Promise<number> {
+    if (this.#cutOff) return this.#running
+    const idle = (async () => {
+      while (this.#running > 0) {
+        await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
+      }
+    })()
+    if (timeoutMs === undefined || this.#running === 0) {
+      await idle
+      return 0
+    }
+    const { clock } = this.#options
+    let timer: TimerHandle | undefined
+    const expired = new Promise<void>((resolve) => {
+      timer = clock.setTimeout(resolve, timeoutMs)
+    })
+    await Promise.race([idle, expired])
+    clock.clearTimeout(timer)
+    return this.#running
   }
 
   #arrivalOf(id: string): number {
@@ -392,7 +423,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const { delivery } = entry
     try {
       await this.#options.handler(delivery.message)
-      this.#settle(delivery, 'ack')
+      if (!this.#cutOff) this.#settle(delivery, 'ack')
       const id = delivery.message.id
       this.#firstArrival.delete(id)
       this.#handled.delete(id)
@@ -406,9 +437,11 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       const copy = state.awaited.get(id)
       if (copy !== undefined) this.#forget(state, id, copy)
     } catch (error) {
-      this.#report(error, 'handler', delivery.message)
+      if (!this.#cutOff) this.#report(error, 'handler', delivery.message)
       // The deliveries of this key queued behind it stay held until it comes back and runs.
-      if (this.#closed) this.#settle(delivery, 'retry')
+      if (this.#cutOff) {
+        // Given up by close(): the connection is gone and the broker redelivers it.
+      } else if (this.#closed) this.#settle(delivery, 'retry')
       else this.#handBack(state, entry, 'retry')
     }
     state.running = undefined

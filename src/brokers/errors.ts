@@ -62,6 +62,43 @@ export class BrokerError extends BreakwaterError {
   }
 }
 
+/**
+ * A subscription's `close()` (or its subscriber's, or its broker's) gave up waiting for handlers
+ * that did not finish within `closeTimeoutMs` (`SUBSCRIPTION_CLOSE_TIMEOUT`). Everything else
+ * of the close was done (nothing more is received, the connection is closed); the unfinished
+ * messages were left unacknowledged, also when their handlers finish later, so the broker
+ * redelivers them (RabbitMQ at once, the others once their ack wait, visibility timeout or lease
+ * has run out). Not retryable: calling `close()` again resolves.
+ */
+export class SubscriptionCloseTimeoutError extends BreakwaterError {
+  /** The adapter (`sql-queue` for the SQL queue). */
+  readonly broker: BrokerKind | 'sql-queue'
+  readonly topic: string
+  readonly group: string
+  /** The `closeTimeoutMs` it waited. */
+  readonly timeoutMs: number
+  /** Handlers still running when it gave up. */
+  readonly unfinished: number
+
+  constructor(
+    broker: BrokerKind | 'sql-queue',
+    topic: string,
+    group: string,
+    timeoutMs: number,
+    unfinished: number,
+  ) {
+    super(
+      'SUBSCRIPTION_CLOSE_TIMEOUT',
+      `${broker}: closing the subscription of group ${JSON.stringify(group)} to ${JSON.stringify(topic)} gave up after ${timeoutMs} ms (closeTimeoutMs) with ${unfinished} handler${unfinished === 1 ? '' : 's'} still running; ${unfinished === 1 ? 'its message is' : 'their messages are'} left unacknowledged for redelivery`,
+    )
+    this.broker = broker
+    this.topic = topic
+    this.group = group
+    this.timeoutMs = timeoutMs
+    this.unfinished = unfinished
+  }
+}
+
 /** Short text of a driver error for a message, without its stack. */
 export function reasonOf(error: unknown): string {
   if (error instanceof Error) return error.message

@@ -18,6 +18,7 @@ import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
+  closeAll,
   closedError,
   commonOptionKeys,
   hasEdgeWhitespace,
@@ -37,7 +38,7 @@ import {
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
-import { BrokerError, reasonOf } from './errors.js'
+import { BrokerError, reasonOf, SubscriptionCloseTimeoutError } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
@@ -1126,14 +1127,25 @@ class NatsSubscriber implements Subscriber {
       // are released, while the current session's connection is still open; then the
       // session closes.
       await inner.stopReceiving()
-      await state.dispatcher.close()
+      // Bounded: a handler still running after closeTimeoutMs is left unacknowledged, and
+      // JetStream redelivers it after ackWaitMs once this connection is gone.
+      const unfinished = await state.dispatcher.close(options.closeTimeoutMs)
       await inner.close()
+      if (unfinished > 0) {
+        throw new SubscriptionCloseTimeoutError(
+          'nats',
+          topic,
+          group,
+          options.closeTimeoutMs,
+          unfinished,
+        )
+      }
     })
   }
 
   async close(): Promise<void> {
     this.#closed = true
-    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+    await closeAll(this.#subscriptions)
   }
 
   async #open(topic: string, group: string, state: NatsSubscriptionState): Promise<Session> {

@@ -10,6 +10,7 @@ import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
+  closeAll,
   closedError,
   commonOptionKeys,
   KEY_HEADER,
@@ -30,7 +31,7 @@ import {
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
-import { BrokerError, reasonOf } from './errors.js'
+import { BrokerError, reasonOf, SubscriptionCloseTimeoutError } from './errors.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import { connectTlsOptions, tlsFailure } from './tls.js'
 import type {
@@ -1164,16 +1165,26 @@ class RabbitSubscriber implements Subscriber {
       // The consumer is cancelled first: RabbitMQ delivers nothing more while running
       // handlers finish.
       await inner.stopReceiving()
-      // Waits for the running handlers and their acks; what never ran stays unacked for the
-      // channel's close to return, in order (see settle in #open).
-      await dispatcher.close()
+      // Waits for the running handlers and their acks, at most closeTimeoutMs; what never ran
+      // (or did not finish by then) stays unacked for the channel's close to return, in order
+      // (see settle in #open).
+      const unfinished = await dispatcher.close(options.closeTimeoutMs)
       await inner.close()
+      if (unfinished > 0) {
+        throw new SubscriptionCloseTimeoutError(
+          'rabbitmq',
+          topic,
+          group,
+          options.closeTimeoutMs,
+          unfinished,
+        )
+      }
     })
   }
 
   async close(): Promise<void> {
     this.#closed = true
-    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+    await closeAll(this.#subscriptions)
   }
 
   async #open(

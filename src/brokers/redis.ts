@@ -11,6 +11,7 @@ import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
+  closeAll,
   closedError,
   commonOptionKeys,
   lazyDriver,
@@ -28,7 +29,7 @@ import {
   untilAborted,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
-import { BrokerError, reasonOf } from './errors.js'
+import { BrokerError, reasonOf, SubscriptionCloseTimeoutError } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import { connectTlsOptions, plainAnswer, tlsFailure, tlsRefusal } from './tls.js'
@@ -1087,15 +1088,26 @@ class RedisSubscriber implements Subscriber {
       // Reading and claiming stop first, or entries the dispatcher releases would be claimed
       // straight back while running handlers finish.
       await inner.stopReceiving()
-      await state.dispatcher.close()
+      // Bounded: a handler still running after closeTimeoutMs is left pending, and another
+      // consumer claims it once it has been idle for visibilityTimeoutMs.
+      const unfinished = await state.dispatcher.close(options.closeTimeoutMs)
       await inner.close()
       releaseName()
+      if (unfinished > 0) {
+        throw new SubscriptionCloseTimeoutError(
+          'redis',
+          topic,
+          group,
+          options.closeTimeoutMs,
+          unfinished,
+        )
+      }
     })
   }
 
   async close(): Promise<void> {
     this.#closed = true
-    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+    await closeAll(this.#subscriptions)
   }
 
   async #open(

@@ -32,7 +32,8 @@ import {
   type Unlisten,
 } from '../stores/index.js'
 import { executeLast, measuredOnceBegun, queryLast } from '../stores/measured.js'
-import { subscriberErrorReporter, throwIfAborted } from './common.js'
+import { closeAll, subscriberErrorReporter, throwIfAborted } from './common.js'
+import { SubscriptionCloseTimeoutError } from './errors.js'
 import type {
   Broker,
   IncomingMessage,
@@ -388,6 +389,15 @@ export interface SqlQueueOptions {
    */
   readonly retryDelayMs?: number | undefined
   /**
+   * How long a subscription's `close()` (and the queue's) waits for running handlers. A handler
+   * still running then is given up: `close()` rejects with `SubscriptionCloseTimeoutError`
+   * (`SUBSCRIPTION_CLOSE_TIMEOUT`), its lease is no longer extended, and nothing is written for
+   * it or its batch, also when it finishes later: the lease runs out (`visibilityTimeoutMs`)
+   * and the message is delivered again. 0 gives up on any handler still running at once.
+   * @default 30_000
+   */
+  readonly closeTimeoutMs?: number | undefined
+  /**
    * Messages leased per round per subscription.
    * @default 64
    */
@@ -438,6 +448,7 @@ interface ResolvedOptions {
   readonly clock: Clock
   readonly visibilityTimeoutMs: number
   readonly retryDelayMs: number
+  readonly closeTimeoutMs: number
   readonly prefetch: number
   readonly concurrency: number
   readonly pollIntervalMs: number
@@ -452,6 +463,7 @@ export const sqlQueueOptions = optionKeys<SqlQueueOptions>({
   clock: true,
   visibilityTimeoutMs: true,
   retryDelayMs: true,
+  closeTimeoutMs: true,
   prefetch: true,
   concurrency: true,
   pollIntervalMs: true,
@@ -488,6 +500,12 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
     retryDelayMs: checkInteger(
       'sqlQueue.retryDelayMs',
       options.retryDelayMs ?? 1_000,
+      0,
+      maxTimerDelayMs,
+    ),
+    closeTimeoutMs: checkInteger(
+      'sqlQueue.closeTimeoutMs',
+      options.closeTimeoutMs ?? 30_000,
       0,
       maxTimerDelayMs,
     ),
@@ -645,6 +663,8 @@ interface Batch {
    * some of the batch: no chain or message of it starts after that.
    */
   lost: boolean
+  /** Stops extending the batch's leases (close() gave up on its handlers). */
+  readonly stopExtending: () => void
 }
 
 class QueueSubscription implements Subscription {
@@ -660,6 +680,12 @@ class QueueSubscription implements Subscription {
   readonly #wakeable: Waker
   #loop: Promise<void> = Promise.resolve()
   #closing: Promise<void> | undefined
+  // Handlers running now, and the batches they belong to.
+  #running = 0
+  readonly #batches = new Set<Batch>()
+  // Set when close() gave up on running handlers: nothing more is written for any batch, so
+  // their leases run out and the messages come back (see closeTimeoutMs).
+  #cutOff = false
 
   constructor(
     db: SqlDriver,
@@ -695,10 +721,39 @@ class QueueSubscription implements Subscription {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#stop.abort()
-      await this.#loop
+      const unfinished = await this.#loopEnded()
       this.#onClosed(this)
+      if (unfinished > 0) {
+        throw new SubscriptionCloseTimeoutError(
+          'sql-queue',
+          this.topic,
+          this.group,
+          this.#options.closeTimeoutMs,
+          unfinished,
+        )
+      }
     })()
     return this.#closing
+  }
+
+  // Waits for the loop; after closeTimeoutMs with handlers still running, gives them up and
+  // resolves with their number. A loop waiting on a statement, not a handler, is waited for:
+  // the driver bounds that.
+  async #loopEnded(): Promise<number> {
+    const { clock, closeTimeoutMs } = this.#options
+    let timer: TimerHandle | undefined
+    const expired = new Promise<boolean>((resolve) => {
+      timer = clock.setTimeout(() => resolve(true), closeTimeoutMs)
+    })
+    const timedOut = await Promise.race([this.#loop.then(() => false), expired])
+    clock.clearTimeout(timer)
+    if (!timedOut || this.#running === 0) {
+      await this.#loop
+      return 0
+    }
+    this.#cutOff = true
+    for (const batch of this.#batches) batch.stopExtending()
+    return this.#running
   }
 
   get #closed(): boolean {
@@ -824,14 +879,20 @@ class QueueSubscription implements Subscription {
 
   async #dispatch(leased: Leased[], token: string): Promise<void> {
     const { clock, visibilityTimeoutMs, concurrency } = this.#options
+    // Keep the leases alive while handlers run, so a slow handler is not handed to another
+    // consumer; a consumer that dies stops extending and its leases run out.
+    let extender: TimerHandle | undefined
     const batch: Batch = {
       token,
       mine: new Set(leased.map((item) => seqKey(item.seq))),
       lost: false,
+      stopExtending: () => {
+        const timer = extender
+        extender = undefined
+        clock.clearTimeout(timer)
+      },
     }
-    // Keep the leases alive while handlers run, so a slow handler is not handed to another
-    // consumer; a consumer that dies stops extending and its leases run out.
-    let extender: TimerHandle | undefined
+    this.#batches.add(batch)
     const extend = (): void => {
       extender = clock.setTimeout(
         () => {
@@ -925,9 +986,8 @@ class QueueSubscription implements Subscription {
       }
       await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker))
     } finally {
-      const timer = extender
-      extender = undefined
-      clock.clearTimeout(timer)
+      batch.stopExtending()
+      this.#batches.delete(batch)
     }
   }
 
@@ -962,9 +1022,13 @@ class QueueSubscription implements Subscription {
         await this.#release(chain.slice(i), batch)
         return
       }
+      this.#running++
       try {
         await this.#handler(message)
       } catch (error) {
+        this.#running--
+        // Given up by close(): nothing is written, its lease runs out and it comes back.
+        if (this.#cutOff) return
         this.#options.onError({
           error,
           phase: 'handler',
@@ -988,6 +1052,8 @@ class QueueSubscription implements Subscription {
         await this.#release(chain.slice(i + 1), batch)
         return
       }
+      this.#running--
+      if (this.#cutOff) return
       if ((await this.#ack(item, batch)) === 0) {
         // The lease ran out while the handler ran (a stalled process, extensions the database
         // did not take) and another consumer took it: that one runs this message again, and
@@ -1041,6 +1107,9 @@ class QueueSubscription implements Subscription {
     message: IncomingMessage | undefined,
     locked = true,
   ): Promise<number | undefined> {
+    // close() gave up on this subscription's handlers: the statement could come after the
+    // queue's close, with the database closed, and the leases are left to run out.
+    if (this.#cutOff) return undefined
     try {
       if (!locked) return (await this.#db.execute(sql, params(this.#options.clock.now()))).rowCount
       return await measuredOnceBegun(this.#db, this.#options.clock, (tx, now) =>
@@ -1209,10 +1278,13 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
 
   async close(): Promise<void> {
     this.#closed = true
-    await Promise.all([...this.#subscriptions].map((s) => s.close()))
-    const unlisten = await this.#unlisten
-    this.#unlisten = undefined
-    await unlisten?.().catch(() => {})
+    try {
+      await closeAll(this.#subscriptions)
+    } finally {
+      const unlisten = await this.#unlisten
+      this.#unlisten = undefined
+      await unlisten?.().catch(() => {})
+    }
   }
 }
 

@@ -56,7 +56,13 @@ export interface IncomingMessage {
 
 /** A live subscription. */
 export interface Subscription {
-  /** Stops receiving; in-flight handlers finish first. */
+  /**
+   * Stops receiving; in-flight handlers finish first, for at most the adapter's
+   * `closeTimeoutMs` (30 s by default). Past it, the connection is closed anyway and `close()`
+   * rejects with `SubscriptionCloseTimeoutError` (`SUBSCRIPTION_CLOSE_TIMEOUT`); the unfinished
+   * messages are left unacknowledged (also when their handlers finish later), so the broker
+   * redelivers them.
+   */
   close(): Promise<void>
 }
 
@@ -110,7 +116,9 @@ export interface Subscriber {
   /**
    * Closes every subscription and the connection; resolves once each subscription's running
    * handlers have finished and been acknowledged, those of a subscription whose own `close()`
-   * was already under way included.
+   * was already under way included. Each subscription waits at most `closeTimeoutMs`: once
+   * every one has closed, a subscription that gave up makes this reject with its
+   * `SubscriptionCloseTimeoutError` (see {@link Subscription.close}).
    */
   close(): Promise<void>
 }

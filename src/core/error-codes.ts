@@ -56,6 +56,8 @@ export const errorCodes = {
   BROKER_REJECTED: 'The broker or its client refused the message itself (too large, invalid name).',
   BROKER_MISCONFIGURED:
     "The broker refused the adapter's setup rather than a message: a login (user or password), a vhost, a permission, an exchange, queue or stream that exists with other settings, or a TLS connection that failed its certificate check or handshake; not retryable, and not charged to any event.",
+  SUBSCRIPTION_CLOSE_TIMEOUT:
+    "A broker subscription's close() (or its subscriber's or broker's) gave up after closeTimeoutMs on handlers that had not finished; the connection is closed and their messages are left unacknowledged for redelivery.",
   RELAY_ID_IN_USE:
     'An outbox relay was started (or renewed its heartbeat) with a relayId that another live relay instance holds; it publishes nothing. A crashed relay restarted with its id comes up once the old heartbeat expires (within leaseMs).',
   RELAY_STOPPED:

@@ -16,6 +16,7 @@ export interface TestOverrides {
   readonly concurrency?: number
   readonly prefetch?: number
   readonly onError?: BrokerCommonOptions['onError']
+  readonly closeTimeoutMs?: number
 }
 
 /** The reconnect, retry and timeout tuning every test adapter uses. */
