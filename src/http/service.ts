@@ -20,7 +20,6 @@ import {
   bulkhead,
   type CircuitBreaker,
   type CircuitState,
-  circuitBreaker,
   createRetryBudget,
   currentDeadline,
   DEADLINE_HEADER,
@@ -36,7 +35,7 @@ import {
   type Unsubscribe,
 } from '../index.js'
 import { type AbortListener, listenToSignal, unlistenToSignal } from '../policies/cancel-scope.js'
-import { countsAsFailure } from '../policies/circuit-breaker.js'
+import { circuitBreakerAt, countsAsFailure } from '../policies/circuit-breaker.js'
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { retryWithDeadlineReserve } from '../policies/retry.js'
@@ -337,13 +336,14 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
                 clock,
               },
               this.#deadlineMarginMs + 1,
+              `${prefix}.retry`,
             ),
           )
     this.breaker =
       options.circuitBreaker === false
         ? undefined
         : withOptionPrefix(prefix, () =>
-            circuitBreaker({
+            circuitBreakerAt(`${prefix}.circuitBreaker`, {
               name,
               // A body over maxResponseBytes below 500 is an answer, not the downstream's failure:
               // counted, one endpoint with large bodies opened the circuit for every call.

@@ -249,6 +249,15 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): CircuitBrea
   return new CircuitBreakerPolicy(options)
 }
 
+/**
+ * A {@link circuitBreaker} whose options were given at `at` (`services.orders.circuitBreaker`),
+ * which a refusal of `isFailure`'s answer at call time names. Internal: not exported from the
+ * package root.
+ */
+export function circuitBreakerAt(at: string, options: CircuitBreakerOptions): CircuitBreaker {
+  return new CircuitBreakerPolicy(options, at)
+}
+
 // Checked once in the constructor, never per call.
 /** The option keys `circuitBreaker()` takes (internal: not exported from the package root). */
 export const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
@@ -314,6 +323,8 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   readonly #window: BreakerWindow
   readonly #windowTimed: boolean
   readonly #isFailure: (error: unknown) => boolean
+  // What a refusal of isFailure's answer names (see the constructor).
+  readonly #isFailureOption: string
   readonly #slowCallMs: number | undefined
   readonly #baseCooldownMs: number
   readonly #cooldownMultiplier: number
@@ -332,7 +343,10 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   // was admitted in, and its start time on the breaker's clock when slow calls are counted.
   readonly [fusedStep]: FusedStep
 
-  constructor(options: CircuitBreakerOptions) {
+  // `at` is the path its options were given at (`services.orders.circuitBreaker` in an HTTP
+  // client's service), which a refusal at call time names.
+  constructor(options: CircuitBreakerOptions, at = 'circuitBreaker') {
+    this.#isFailureOption = `${at}.isFailure`
     checkObject('circuitBreaker', options)
     checkKnownOptions('circuitBreaker', options, circuitBreakerOptions)
     const clock = optionalClock('circuitBreaker.clock', options.clock)
@@ -566,7 +580,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   // count as answers included, would count as a failure and open the circuit.
   #isFailureOrIgnore(error: unknown, epoch: number): boolean {
     try {
-      return predicateAnswer('circuitBreaker.isFailure', this.#isFailure(error))
+      return predicateAnswer(this.#isFailureOption, this.#isFailure(error))
     } catch (failure) {
       this.#onOutcome(epoch, 'ignored', error)
       throw failure

@@ -370,6 +370,9 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   readonly #budget: RetryBudget | undefined
   readonly #clock: Clock
   readonly #deadlineReserveMs: number
+  // What refusals at call time name (see the constructor), made once rather than per failure.
+  readonly #shouldRetryOption: string
+  readonly #tryWithdrawOption: string
   // In a fused pipeline the first attempt is the call itself: the step only books it. A
   // failure leaves the fused call: the retries run through the promise-based chain inside
   // this policy, in a scope that follows the fused layers outside it.
@@ -394,31 +397,35 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     timeout: undefined,
   }
 
-  constructor(options: RetryOptions, deadlineReserveMs = 0) {
-    checkKnownOptions('retry', options, retryOptions)
+  // `at` is the path its options were given at (`services.orders.retry` in an HTTP client's
+  // service): refusals at call time name it, as refusals here do.
+  constructor(options: RetryOptions, deadlineReserveMs = 0, at = 'retry') {
+    checkKnownOptions(at, options, retryOptions)
     this.#deadlineReserveMs = deadlineReserveMs
-    this.#maxAttempts = optionalInteger('retry.maxAttempts', options.maxAttempts, 3, 1)
-    this.#backoff = resolveBackoff('retry', options)
+    this.#maxAttempts = optionalInteger(`${at}.maxAttempts`, options.maxAttempts, 3, 1)
+    this.#backoff = resolveBackoff(at, options)
     this.#shouldRetry = optionalFunction<(error: unknown, attempt: number) => boolean>(
-      'retry.shouldRetry',
+      `${at}.shouldRetry`,
       options.shouldRetry,
       isTransientFailure,
     )
     this.#maxRetryAfterMs = optionalNumber(
-      'retry.maxRetryAfterMs',
+      `${at}.maxRetryAfterMs`,
       options.maxRetryAfterMs,
       30_000,
       0,
       maxTimerDelayMs,
     )
-    const budget = optional('retry.budget', options.budget, undefined, checkObject)
+    const budget = optional(`${at}.budget`, options.budget, undefined, checkObject)
     if (budget !== undefined) {
-      checkFunction('retry.budget.recordRequest', budget.recordRequest)
-      checkFunction('retry.budget.tryWithdraw', budget.tryWithdraw)
-      if (budget.refund !== undefined) checkFunction('retry.budget.refund', budget.refund)
+      checkFunction(`${at}.budget.recordRequest`, budget.recordRequest)
+      checkFunction(`${at}.budget.tryWithdraw`, budget.tryWithdraw)
+      if (budget.refund !== undefined) checkFunction(`${at}.budget.refund`, budget.refund)
     }
     this.#budget = options.budget
-    this.#clock = optionalClock('retry.clock', options.clock)
+    this.#clock = optionalClock(`${at}.clock`, options.clock)
+    this.#shouldRetryOption = `${at}.shouldRetry`
+    this.#tryWithdrawOption = `${at}.budget.tryWithdraw`
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
@@ -633,7 +640,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   // those it meant to give up on included, would be retried until maxAttempts.
   #askShouldRetry(error: unknown, attempt: number): boolean {
     try {
-      return predicateAnswer('retry.shouldRetry', this.#shouldRetry(error, attempt))
+      return predicateAnswer(this.#shouldRetryOption, this.#shouldRetry(error, attempt))
     } catch (failure) {
       this.#giveUp(attempt, 'notRetryable', error)
       throw failure
@@ -668,7 +675,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   // refused like one that throws: the promise is truthy, and every retry would pass, spent or not.
   #withdraw(budget: RetryBudget, attempt: number, error: unknown): boolean {
     try {
-      return predicateAnswer('retry.budget.tryWithdraw', budget.tryWithdraw())
+      return predicateAnswer(this.#tryWithdrawOption, budget.tryWithdraw())
     } catch (failure) {
       this.#giveUp(attempt, 'budget', error)
       throw failure
@@ -791,11 +798,14 @@ export function retry(options: RetryOptions = {}): RetryPolicy {
  * A {@link retry} whose attempts need at least `deadlineReserveMs` of the deadline left to be
  * made at all (the HTTP client sends nothing with less than its margin plus 1 ms left): a
  * backoff that would leave less gives up at once with the last failure, as one that would end
- * past the deadline does. Internal: not exported from the package root.
+ * past the deadline does; `at` is the path its options were given at, which every refusal
+ * names, also those at call time (`services.orders.retry.shouldRetry`). Internal: not exported
+ * from the package root.
  */
 export function retryWithDeadlineReserve(
   options: RetryOptions,
   deadlineReserveMs: number,
+  at = 'retry',
 ): RetryPolicy {
-  return new RetryPolicyImpl(checkObject('retry', options) as RetryOptions, deadlineReserveMs)
+  return new RetryPolicyImpl(checkObject(at, options) as RetryOptions, deadlineReserveMs, at)
 }

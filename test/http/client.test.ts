@@ -708,7 +708,7 @@ describe('state, events and close', () => {
       const c = make({ retry: { shouldRetry: shouldRetry as unknown as () => boolean } })
       const error = await failWhileClosing(c, Object.assign(new Error('busy'), { status: 503 }))
       expect(error).toBeInstanceOf(InvalidOptionError)
-      expect(error).toMatchObject({ option: 'retry.shouldRetry' })
+      expect(error).toMatchObject({ option: 'services.svc.retry.shouldRetry' })
     },
   )
 
