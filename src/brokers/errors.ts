@@ -68,7 +68,8 @@ export class BrokerError extends BreakwaterError {
  * of the close was done (nothing more is received, the connection is closed); the unfinished
  * messages were left unacknowledged, also when their handlers finish later, so the broker
  * redelivers them (RabbitMQ at once, the others once their ack wait, visibility timeout or lease
- * has run out). Not retryable: calling `close()` again resolves.
+ * has run out). Not retryable: the subscription's `close()` called again rejects the same way
+ * (its close is done), while the subscriber's or broker's resolves (the subscription is gone).
  */
 export class SubscriptionCloseTimeoutError extends BreakwaterError {
   /** The adapter (`sql-queue` for the SQL queue). */
