@@ -33,7 +33,9 @@ describe('the shop demo on a PostgreSQL database another demo runs on', () => {
       )
       expect(second.stdout).not.toMatch(/^dashboard:/m)
     } finally {
+      // Awaited here too: a failed expectation must not leave the first demo running.
       first.stop()
+      await first.done
     }
     const { code, stdout, stderr, summary } = await first.done
     expect(code, `${stdout}\n${stderr}`).toBe(0)
