@@ -6,6 +6,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterAll, describe, expect, it } from 'vitest'
 import {
   type Broker,
+  createRabbitMqBroker,
   type DeadLetteredEvent,
   DeliveryLimitError,
   type IncomingMessage,
@@ -17,7 +18,7 @@ import { dbTargets, type OutboxDb } from '../outbox/support.js'
 import { brokerUrl } from '../support/brokers.js'
 import { Received, unique } from './conformance.js'
 import { refusal } from './support.js'
-import { testBroker } from './targets.js'
+import { testBroker, testTuning } from './targets.js'
 
 interface ErrorEvent {
   readonly error: unknown
@@ -39,6 +40,18 @@ const targets: Target[] = [
       open: async (onError) => testBroker(name, await brokerUrl(name), { onError }),
     }),
   ),
+  {
+    // A classic queue knows only a redelivered flag: the count comes from the subscription's
+    // own retries, which is where a poison message runs.
+    name: 'rabbitmq classic queue',
+    open: async (onError) =>
+      createRabbitMqBroker({
+        ...testTuning,
+        url: await brokerUrl('rabbitmq'),
+        queueType: 'classic',
+        onError,
+      }),
+  },
   ...dbTargets.map(
     (db): Target => ({
       name: `sql queue on ${db.dialect}`,
