@@ -253,4 +253,53 @@ describe('KeyedDispatcher', () => {
     expect(settled).toEqual(['ack'])
     expect(seen).toEqual([{ deadline: undefined, request: undefined }])
   })
+
+  it('close(timeoutMs) gives up on a handler still running: it settles and reports nothing when it ends', async () => {
+    const clock = new ManualClock()
+    const errors: unknown[] = []
+    const outcomes: Array<[string, Outcome]> = []
+    let fail!: (error: Error) => void
+    const dispatcher = new KeyedDispatcher({
+      concurrency: 2,
+      capacity: 10,
+      ...bounds,
+      clock,
+      onError: (error) => errors.push(error),
+      handler: (m) =>
+        m.id === '1'
+          ? new Promise<void>((_resolve, reject) => {
+              fail = reject
+            })
+          : Promise.resolve(),
+    })
+    for (const [id, key] of [
+      [1, 'a'],
+      [2, 'b'],
+      [3, 'a'],
+    ] as const) {
+      const m = message(id, key)
+      dispatcher.push({ message: m, settle: (outcome) => void outcomes.push([m.id, outcome]) })
+    }
+    await new Promise((resolve) => setImmediate(resolve))
+    const closing = dispatcher.close(50)
+    await clock.advance(49)
+    await new Promise((resolve) => setImmediate(resolve))
+    let done = false
+    void closing.then(() => {
+      done = true
+    })
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(done).toBe(false)
+    await clock.advance(1)
+    expect(await closing).toBe(1)
+    // 2 ran and was acked; 3 waited behind 1 and was released at close.
+    expect(outcomes).toEqual([
+      ['2', 'ack'],
+      ['3', 'release'],
+    ])
+    fail(new Error('late failure'))
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(outcomes).toHaveLength(2)
+    expect(errors).toEqual([])
+  })
 })
