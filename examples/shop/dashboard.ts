@@ -82,7 +82,13 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         .writeHead(200, { 'content-type': 'text/plain; charset=utf-8' })
         .end(options.shop.proxy?.configYaml ?? '# the proxy is not running (--no-proxy)\n')
     } else if (url.startsWith('/api/saga/')) {
-      const id = decodeURIComponent(url.slice('/api/saga/'.length))
+      // A malformed escape makes decodeURIComponent throw: a throw here would end the demo.
+      let id: string
+      try {
+        id = decodeURIComponent(url.slice('/api/saga/'.length))
+      } catch {
+        return json(400, { error: 'the saga id is not a valid URL component' })
+      }
       getSagaTimeline(options.shop.dbs.orders, id).then(
         (timeline) => json(200, timeline),
         (error: unknown) => json(500, { error: String(error) }),

@@ -68,6 +68,21 @@ describe('the dashboard chaos endpoint', () => {
   })
 })
 
+// A saga id is read from the path with decodeURIComponent, which throws on a malformed escape:
+// thrown in the request handler, it ended the whole demo with a URIError stack (exit 1), every
+// service stopped before the invariants were judged (found by exploratory testing).
+describe('the dashboard saga endpoint', () => {
+  it('answers 400 to a malformed saga id, and keeps serving', async () => {
+    const { url, applied } = await start()
+    const response = await fetch(`${url}/api/saga/%E0%A4%A`)
+    expect(response.status).toBe(400)
+    expect(await response.json()).toEqual({ error: 'the saga id is not a valid URL component' })
+    const ok = await post(url, JSON.stringify({ kind: 'down', target: 'payments' }))
+    expect(ok.status).toBe(200)
+    expect(applied).toEqual([{ kind: 'down', target: 'payments' }])
+  })
+})
+
 describe('chaosActionOf', () => {
   it('keeps only the fields of the kind', () => {
     expect(
