@@ -297,7 +297,11 @@ export function validateProxyDocument(
         return
       }
     }
-    if (value === null && issue.code === 'invalid_type' && issue.expected === 'object') {
+    if (
+      value === null &&
+      ((issue.code === 'invalid_type' && issue.expected === 'object') ||
+        (issue.code === 'invalid_union' && offSection(path) !== undefined))
+    ) {
       push(path, nullSectionProblem(path), locate(path))
       return
     }
@@ -613,7 +617,8 @@ function nullSectionProblem(path: readonly (string | number)[]): string {
   const schema = schemaAt(path)
   if (schema?._zod.def.type === 'default')
     return `${head}: leave ${key} out for its defaults, or give its settings`
-  const inner = (schema?._zod.def as { innerType?: z.ZodType } | undefined)?.innerType
+  const section = offSection(path)
+  const inner = section ?? (schema?._zod.def as { innerType?: z.ZodType } | undefined)?.innerType
   // `{}` is worth offering when it turns something on: some setting has a default, and none
   // is required (`discovery: {}` or `auth: {}` would do nothing).
   const fields = Object.values(
@@ -621,7 +626,27 @@ function nullSectionProblem(path: readonly (string | number)[]): string {
   ).map((field) => field._zod.def.type)
   const empty =
     fields.includes('default') && fields.every((type) => type === 'default' || type === 'optional')
-  return `${head}: leave ${key} out to go without it${empty ? `, or write "${key}: {}" for its defaults` : ', or give its settings'}`
+  const off =
+    section === undefined ? `leave ${key} out` : `leave ${key} out or write "${key}: false"`
+  return `${head}: ${off} to go without it${empty ? `, or write "${key}: {}" for its defaults` : ', or give its settings'}`
+}
+
+/**
+ * The mapping form of a section that `false` turns off (`retry`, `circuitBreaker`,
+ * `outlierEjection`: optional, a union of `false` and a mapping), or undefined for any other
+ * setting.
+ */
+function offSection(path: readonly (string | number)[]): z.ZodType | undefined {
+  const schema = schemaAt(path)
+  if (schema?._zod.def.type !== 'optional') return undefined
+  const union = (schema._zod.def as { innerType?: z.ZodType }).innerType
+  if (union?._zod.def.type !== 'union') return undefined
+  const options = (union._zod.def as { options?: readonly z.ZodType[] }).options ?? []
+  const isFalse = (o: z.ZodType): boolean =>
+    o._zod.def.type === 'literal' &&
+    ((o._zod.def as { values?: readonly unknown[] }).values ?? []).includes(false)
+  if (options.length !== 2 || !options.some(isFalse)) return undefined
+  return options.find((o) => o._zod.def.type === 'object')
 }
 
 /** The zod schema of the setting at `path` of the config, wrappers kept; undefined if none. */

@@ -361,6 +361,15 @@ const websocketSchema = z
   )
   .default(false)
 
+// A section that is off unless given, which `false` also turns off: a service that takes
+// shared settings by a merge key (`<<: *defaults`) must be able to drop one of them, and null
+// cannot say so (it is refused, see nullSectionProblem in load.ts).
+function offOr<T extends z.ZodType>(section: T, what: string) {
+  return z
+    .union([z.literal(false), section], { error: `false (off) or a mapping of ${what} settings` })
+    .optional()
+}
+
 export const serviceSchema = z.strictObject({
   endpoints: z
     .array(endpointUrl, { error: 'list of endpoint URLs' })
@@ -369,10 +378,10 @@ export const serviceSchema = z.strictObject({
   discovery: discoverySchema.optional(),
   loadBalancer: z.enum(['round-robin', 'least-request']).default('round-robin'),
   timeouts: timeoutsSchema.default({ connectMs: 1_000, readMs: 10_000, overallMs: 30_000 }),
-  retry: retrySchema.optional(),
-  circuitBreaker: breakerSchema.optional(),
+  retry: offOr(retrySchema, 'retry'),
+  circuitBreaker: offOr(breakerSchema, 'circuit breaker'),
   bulkhead: bulkheadSchema.default({ maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 32 }),
-  outlierEjection: outlierSchema.optional(),
+  outlierEjection: offOr(outlierSchema, 'outlier ejection'),
   tls: upstreamTlsSchema.default({ verify: true }),
   auth: authSchema.optional(),
   rewriteHost: z.boolean({ error: 'true or false' }).default(true),
@@ -618,7 +627,7 @@ function toService(name: string, s: ServiceDocument): ServiceConfig {
     loadBalancer: s.loadBalancer,
     timeouts: { ...s.timeouts },
     retry:
-      s.retry === undefined
+      s.retry === undefined || s.retry === false
         ? undefined
         : {
             attempts: s.retry.attempts,
@@ -629,10 +638,13 @@ function toService(name: string, s: ServiceDocument): ServiceConfig {
             budgetMinPerSecond: s.retry.budget.minPerSecond,
             addIdempotencyKey: s.retry.addIdempotencyKey,
           },
-    breaker: s.circuitBreaker === undefined ? undefined : { ...s.circuitBreaker },
+    breaker:
+      s.circuitBreaker === undefined || s.circuitBreaker === false
+        ? undefined
+        : { ...s.circuitBreaker },
     bulkhead: { ...s.bulkhead },
     outlierEjection:
-      s.outlierEjection === undefined
+      s.outlierEjection === undefined || s.outlierEjection === false
         ? undefined
         : {
             ...s.outlierEjection,

@@ -98,7 +98,7 @@ describe('a section given as null', () => {
     (setting) => {
       const key = setting.split(':')[0] as string
       expect(problems(file(setting))).toEqual([
-        `services.a.${key}: expected a mapping, got null (an empty value): leave ${key} out to go without it, or write "${key}: {}" for its defaults`,
+        `services.a.${key}: expected a mapping, got null (an empty value): leave ${key} out or write "${key}: false" to go without it, or write "${key}: {}" for its defaults`,
       ])
     },
   )
@@ -112,7 +112,71 @@ describe('a section given as null', () => {
   it('an empty key reads as null too', () => {
     const text = `services:\n  a:\n    endpoints: [http://127.0.0.1:3001]\n    retry:\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`
     expect(problems(text)[0]).toMatch(
-      /^services\.a\.retry: expected a mapping, got null \(an empty value\): leave retry out to go without it/,
+      /^services\.a\.retry: expected a mapping, got null \(an empty value\): leave retry out or write "retry: false" to go without it/,
     )
+  })
+})
+
+const listeners = 'listeners: [{ name: out, role: ambassador, port: 0 }]\n'
+
+// A service that takes shared settings by a merge key (`<<: *defaults`) could not turn off a
+// policy those settings turn on: `retry: null` is refused (null reads as "off" to some and as
+// "the defaults" to others), so the only way was to write the service out without the merge
+// key. `retry: false` (and `circuitBreaker: false`, `outlierEjection: false`) says "off" and
+// nothing else.
+describe('turning off a section merged in from shared settings', () => {
+  it('retry: false, circuitBreaker: false and outlierEjection: false turn them off', () => {
+    const config = parseProxyConfig(
+      `x-defaults: &defaults
+  retry: { attempts: 5 }
+  circuitBreaker: { failureThreshold: 3 }
+  outlierEjection: { consecutiveFailures: 2 }
+  loadBalancer: least-request
+services:
+  orders: { <<: *defaults, endpoints: [http://127.0.0.1:3001] }
+  reports:
+    <<: *defaults
+    endpoints: [http://127.0.0.1:3002]
+    retry: false
+    circuitBreaker: false
+    outlierEjection: false
+${listeners}`,
+      'test.yaml',
+    )
+    const orders = config.services.get('orders')!
+    const reports = config.services.get('reports')!
+    expect(orders.retry?.attempts).toBe(5)
+    expect(orders.breaker?.failureThreshold).toBe(3)
+    expect(orders.outlierEjection?.consecutiveFailures).toBe(2)
+    expect(reports.retry).toBeUndefined()
+    expect(reports.breaker).toBeUndefined()
+    expect(reports.outlierEjection).toBeUndefined()
+    // The rest of what was merged is kept.
+    expect(reports.loadBalancer).toBe('least-request')
+  })
+
+  it('takes false alone: true and other values are refused, naming the forms', () => {
+    const file = (setting: string): string =>
+      `services:\n  a: { endpoints: [http://127.0.0.1:3001], ${setting} }\n${listeners}`
+    expect(problems(file('retry: true'))).toEqual([
+      'services.a.retry: expected false (off) or a mapping of retry settings, got true',
+    ])
+    expect(problems(file('circuitBreaker: "no"'))).toEqual([
+      'services.a.circuitBreaker: expected false (off) or a mapping of circuit breaker settings, got "no"',
+    ])
+    // A mapping's own problems are reported as before.
+    expect(problems(file('retry: { attempts: 0 }'))).toEqual([
+      'services.a.retry.attempts: expected integer >= 1, got 0',
+    ])
+    expect(problems(file('retry: { attemps: 2 }'))).toEqual([
+      'services.a.retry.attemps: unknown key (not part of the proxy config)',
+    ])
+  })
+
+  it('still refuses null, now saying that false turns the section off', () => {
+    const file = `services:\n  a: { endpoints: [http://127.0.0.1:3001], retry: ~ }\n${listeners}`
+    expect(problems(file)).toEqual([
+      'services.a.retry: expected a mapping, got null (an empty value): leave retry out or write "retry: false" to go without it, or write "retry: {}" for its defaults',
+    ])
   })
 })
