@@ -2,6 +2,7 @@
 // adapter fills, so it works alike on NATS, RabbitMQ, Redis, the SQL queue and any Subscriber
 // of the application's own, without a broker-side setting (NATS max_deliver, a RabbitMQ
 // x-delivery-limit) that would drop or divert the message where the per-key order cannot see it.
+import { type Counter, metrics } from '@opentelemetry/api'
 import { BreakwaterError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
@@ -77,6 +78,17 @@ export interface DeadLetteredEvent {
 
 const deadLetteredChannel = diagnosticsChannel('broker', 'dead-lettered')
 
+let deadLetterCounter: Counter | undefined
+// Created on first use, not at import, so an SDK registered at startup is picked up.
+function deadLetters(): Counter {
+  deadLetterCounter ??= metrics
+    .getMeter('breakwater')
+    .createCounter('breakwater.broker.dead_letters', {
+      description: 'Messages given up by withDeliveryLimit after maxDeliveries (attribute topic)',
+    })
+  return deadLetterCounter
+}
+
 // Last errors of messages whose onDeadLetter failed, kept for the hook's next try: bounded,
 // oldest dropped first (its next try then gets a DeliveryLimitError instead).
 const rememberedLimit = 1_024
@@ -92,7 +104,8 @@ const rememberedLimit = 1_024
  * with a {@link DeliveryLimitError} (its cause the hook's error, reported to the adapter's
  * `onError`, phase `handler`), the message is not acknowledged and comes back: nothing is lost.
  * Each message given up is published on the diagnostics channel
- * `breakwater:broker:dead-lettered` ({@link DeadLetteredEvent}) once the hook resolved.
+ * `breakwater:broker:dead-lettered` ({@link DeadLetteredEvent}) once the hook resolved, and
+ * counted in the OpenTelemetry counter `breakwater.broker.dead_letters` (attribute `topic`).
  *
  * A wrapper rather than a subscriber option: it works with every {@link Subscriber} (and
  * composes with `inboxHandler`), and each subscription picks its own limit. Options are checked
@@ -150,6 +163,7 @@ export function withDeliveryLimit(
       )
     }
     remembered.delete(message.id)
+    deadLetters().add(1, { topic: message.topic })
     if (deadLetteredChannel.hasSubscribers) {
       const event: DeadLetteredEvent = {
         topic: message.topic,

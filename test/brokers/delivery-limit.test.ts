@@ -16,6 +16,7 @@ import { createSqlQueue } from '../../src/brokers/sql-queue.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { dbTargets, type OutboxDb } from '../outbox/support.js'
 import { brokerUrl } from '../support/brokers.js'
+import { recordOtelCounters } from '../support/otel-counters.js'
 import { Received, unique } from './conformance.js'
 import { refusal } from './support.js'
 import { testBroker, testTuning } from './targets.js'
@@ -68,6 +69,13 @@ const targets: Target[] = [
     }),
   ),
 ]
+
+// Before any dead letter: the counter is created on first use.
+const counted = recordOtelCounters()
+const deadLetters = (topic: string): number[] =>
+  counted
+    .filter((r) => r.name === 'breakwater.broker.dead_letters' && r.attributes?.topic === topic)
+    .map((r) => r.value)
 
 const deadLettered: DeadLetteredEvent[] = []
 const onDeadLettered = (event: unknown): void => {
@@ -202,6 +210,7 @@ describe.each(targets)('withDeliveryLimit on $name', (target) => {
       deliveryCount: 3,
       maxDeliveries: 3,
     })
+    expect(deadLetters(topic)).toEqual([1])
   })
 
   it('leaves the message unacknowledged when onDeadLetter throws, and offers it again', async () => {
@@ -222,5 +231,6 @@ describe.each(targets)('withDeliveryLimit on $name', (target) => {
     expect(BreakwaterError.is(error) && error.code).toBe('DELIVERY_LIMIT_REACHED')
     expect((error.cause as Error).message).toBe('dead-letter store down')
     expect(deadLettered.filter((e) => e.topic === topic)).toHaveLength(1)
+    expect(deadLetters(topic)).toEqual([1])
   })
 })
