@@ -115,7 +115,8 @@ const rememberedLimit = 1_024
  * (over `prefetch`, a closing subscription, a lost connection) counts too, so the handler may
  * have run fewer times. On RabbitMQ a classic queue only flags a redelivery after a lost channel
  * (counted 2) and a quorum queue counts returns: after a reconnect the count starts lower than
- * the runs so far (see docs/outbox.md).
+ * the runs so far (see docs/outbox.md). A delivery whose count is no whole number from 1 (a
+ * Subscriber of the application's own that does not know it) is never given up.
  *
  * @example
  * ```ts
