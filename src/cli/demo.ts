@@ -96,8 +96,16 @@ function parsePolicies(args: readonly string[]): Parsed | string {
     if (arg === '--only' || arg.startsWith('--only=')) {
       if (onlyGiven) return '--only given twice'
       onlyGiven = true
-      const value = arg === '--only' ? args[++i] : arg.slice('--only='.length)
-      if (value === undefined || value === '') return '--only needs a list of scenarios'
+      // As the shop's flags: a separate value that is itself a flag is a missing value.
+      const next = args[i + 1]
+      const value =
+        arg !== '--only'
+          ? arg.slice('--only='.length)
+          : next === undefined || next.startsWith('--')
+            ? undefined
+            : args[++i]
+      if (value === undefined || value === '')
+        return `--only needs a list of scenarios, got ${shown(value)}`
       const names = value.split(',').map((name) => name.trim())
       const unknown = names.filter((name) => !isScenarioName(name))
       if (unknown.length > 0)

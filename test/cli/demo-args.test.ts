@@ -117,6 +117,24 @@ describe('breakwater demo: --help or -h where a value would go', () => {
   })
 })
 
+// The shop's flags take a separate value that is itself a flag as a missing value; --only of
+// `demo policies` took it as a scenario: `demo policies --only --port 4310` said 'unknown
+// scenario "--port"', naming the wrong thing.
+describe('breakwater demo policies --only followed by a flag', () => {
+  it.each([[['policies', '--only', '--port', '4310']], [['policies', '--only', '--quiet']]])(
+    'demo %j says --only has no value, exit 2',
+    async (args) => {
+      let stderr = ''
+      vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+        stderr += String(chunk)
+        return true
+      })
+      expect(await demoCommand(args)).toBe(2)
+      expect(stderr).toContain('breakwater demo: --only needs a list of scenarios, got nothing')
+    },
+  )
+})
+
 // `--duration 0` (run until Ctrl-C) plays no chaos script: its steps are placed at fractions of
 // the duration. `demo --duration 0 --chaos lost-replies` printed "chaos: lost-replies" and
 // played nothing (0 replies lost), so `--break inbox` beside it showed no defect to catch.
