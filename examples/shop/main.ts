@@ -105,11 +105,14 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   const stopSignal = new AbortController()
   const hurry = new AbortController()
   let signals = 0
-  const onSignal = (): void => {
+  // Each stop, by a signal or (the first only) by `why`, said in its line.
+  const stopStep = (why?: string): void => {
     signals++
     if (signals === 1) {
       stopSignal.abort()
-      write('stopping: the load ends, then the system settles (Ctrl-C again: stop without waiting)')
+      write(
+        `stopping: ${why === undefined ? '' : `${why}; `}the load ends, then the system settles (Ctrl-C again: stop without waiting)`,
+      )
     } else if (signals === 2) {
       hurry.abort()
       write('stopping without waiting for the system to settle...')
@@ -119,6 +122,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       process.exit(130)
     }
   }
+  const onSignal = (): void => stopStep()
   // Before the first await: the CLI hands the signals it held while loading over to these in
   // the turn it calls this function (src/cli/demo.ts).
   process.on('SIGINT', onSignal)
@@ -130,6 +134,26 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   // listeners run synchronously, as abandon does.
   const onExit = (): void => abandon()
   process.on('exit', onExit)
+  // `npm start` stopped by SIGTERM (`timeout`, a supervisor): npm passes it on to the shell
+  // running the script, which ends by it without passing it on, and the demo, re-parented,
+  // ran on with nobody left to stop it. Its parent gone, it stops as on a first signal. Node
+  // has no event for it, and process.ppid is the parent at start: signal 0 asks whether that
+  // process still exists (ESRCH: it does not; EPERM, a parent of another user, does exist).
+  // No parent to watch in a container's PID 1 (ppid 0).
+  const parentAtStart = process.ppid
+  const parentGone = (): boolean => {
+    try {
+      process.kill(parentAtStart, 0)
+      return false
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === 'ESRCH'
+    }
+  }
+  const parentWatch = setInterval(() => {
+    if (parentAtStart <= 1 || !parentGone()) return
+    clearInterval(parentWatch)
+    if (signals === 0) stopStep('the process that started the demo is gone')
+  }, 1_000).unref()
   try {
     write(
       `breakwater shop demo: starting 9 processes on ${options.db ? 'PostgreSQL' : 'SQLite'} + ${
@@ -280,6 +304,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       process.off('SIGTERM', onSignal)
       process.off('SIGHUP', onSignal)
       process.off('exit', onExit)
+      clearInterval(parentWatch)
     }
   }
 }

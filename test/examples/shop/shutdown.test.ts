@@ -57,6 +57,33 @@ async function expectNothingLeftIn(folder: string): Promise<void> {
   expect(processesUsing(folder)).toEqual([])
 }
 
+// The demo from sources with its temporary folder in `own` (through a shell that runs it as
+// npm runs a script, `sh -c 'build && node ...'`, when `via` is 'shell'). `output` resolves
+// to its stdout once the dashboard is up, `ended` to all of it once it ends (the demo's, also
+// through the shell: the shell's own end does not close it).
+function spawnUntilDashboard(own: string, args: readonly string[], via?: 'shell') {
+  const node = [process.execPath, '--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'demo']
+  const [command, ...rest] =
+    via === 'shell' ? ['sh', '-c', 'true && "$@"', 'sh', ...node, ...args] : [...node, ...args]
+  const child = spawn(command!, rest, {
+    cwd: repoRoot,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, TMPDIR: own },
+  })
+  let stdout = ''
+  const exited = once(child, 'exit') as Promise<[number | null]>
+  const output = new Promise<string>((resolve) => {
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk
+      if (/^dashboard:/m.test(stdout)) resolve(stdout)
+    })
+  })
+  const ended = new Promise<string>((resolve) => {
+    child.stdout.once('close', () => resolve(stdout))
+  })
+  return { child, exited, output, ended }
+}
+
 afterAll(() => {
   if (temp !== undefined) rmSync(temp, { recursive: true, force: true })
 })
@@ -116,27 +143,32 @@ describe('stopping the shop demo', () => {
   // stayed).
   it('a reader of its output that goes away ends it (141), still removing its files', async () => {
     const own = mkdtempSync(join(temp, 'reader-'))
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'demo', '--port', '0'],
-      { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: own } },
-    )
-    let stdout = ''
-    let stderr = ''
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-      stderr += chunk
-    })
-    const exited = once(child, 'exit') as Promise<[number | null]>
-    // Read until the shop is up, then go away: the next live line (chaos starts within
-    // seconds) fails with EPIPE.
-    for await (const chunk of child.stdout.setEncoding('utf8')) {
-      stdout += chunk
-      if (/^dashboard:/m.test(stdout)) break
-    }
+    const { child, exited, output } = spawnUntilDashboard(own, ['--port', '0'])
+    const stdout = await output
     child.stdout.destroy()
     expect(processesUsing(own).length).toBeGreaterThan(0)
+    // The next live line (chaos starts within seconds) fails with EPIPE.
     const [code] = await exited
-    expect(code, `${stdout}\n${stderr}`).toBe(141)
+    expect(code, stdout).toBe(141)
+    await expectNothingLeftIn(own)
+  }, 120_000)
+
+  // `npm start` stopped by SIGTERM (`timeout`, a supervisor): npm passes it on to the shell
+  // that runs the script (`npm run build && node ... demo`), which ends by it without passing
+  // it on. The demo, re-parented, ran on with its nine processes, nobody left to stop it.
+  it('stops as on a signal when the process that started it is gone', async () => {
+    const own = mkdtempSync(join(temp, 'parent-'))
+    const { child, output, ended } = spawnUntilDashboard(
+      own,
+      ['--duration', '0', '--chaos', 'none', '--port', '0'],
+      'shell',
+    )
+    await output
+    expect(processesUsing(own).length).toBeGreaterThan(0)
+    child.kill('SIGTERM')
+    const stdout = await ended
+    expect(stdout).toMatch(/^stopping: the process that started the demo is gone/m)
+    expect(stdout).toMatch(/^All invariants held\.$/m)
     await expectNothingLeftIn(own)
   }, 120_000)
 
