@@ -14,7 +14,12 @@ import {
 } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
-import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
+import {
+  BrokerDriverMissingError,
+  BrokerError,
+  type BrokerKind,
+  SubscriptionCloseTimeoutError,
+} from './errors.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
 import { type BrokerTlsOptions, type ResolvedTlsOptions, resolveTlsOptions } from './tls.js'
 import type {
@@ -632,6 +637,27 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
 /** The error for a call on a publisher or subscriber after its `close()`. */
 export function closedError(broker: BrokerKind, what: 'publisher' | 'subscriber'): BrokerError {
   return new BrokerError('BROKER_UNAVAILABLE', broker, `the ${what} is closed`)
+}
+
+/**
+ * The error for a `subscribe()` whose subscriber was closed while it connected. Its clean-up
+ * waited for handlers that had started meanwhile (RabbitMQ delivers between consume-ok and the
+ * cancel, Redis reads the consumer's own pending entries) at most `timeoutMs` (closeTimeoutMs),
+ * as `close()` does: unbounded, a handler that never settled held `subscribe()` for ever. With
+ * handlers still running then, their messages are left unacknowledged, and the
+ * {@link SubscriptionCloseTimeoutError} saying so is the error's `cause`.
+ */
+export function closedWhileSubscribing(
+  broker: BrokerKind,
+  topic: string,
+  group: string,
+  timeoutMs: number,
+  unfinished: number,
+): BrokerError {
+  if (unfinished === 0) return closedError(broker, 'subscriber')
+  return new BrokerError('BROKER_UNAVAILABLE', broker, 'the subscriber is closed', {
+    cause: new SubscriptionCloseTimeoutError(broker, topic, group, timeoutMs, unfinished),
+  })
 }
 
 /**

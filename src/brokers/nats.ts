@@ -20,6 +20,7 @@ import {
   checkSubscribeArgs,
   closeAll,
   closedError,
+  closedWhileSubscribing,
   commonOptionKeys,
   hasEdgeWhitespace,
   KEY_HEADER,
@@ -1117,9 +1118,11 @@ class NatsSubscriber implements Subscriber {
       // close() ran while this subscription connected and could not see it: without this, it
       // would keep consuming (and competing in its group) after its subscriber was closed.
       await inner.stopReceiving()
-      await state.dispatcher.close()
+      // Bounded as close() is: a handler that started meanwhile and never settles is left
+      // unacknowledged (see closedWhileSubscribing).
+      const unfinished = await state.dispatcher.close(options.closeTimeoutMs)
       await inner.close()
-      throw closedError('nats', 'subscriber')
+      throw closedWhileSubscribing('nats', topic, group, options.closeTimeoutMs, unfinished)
     }
     return trackedSubscription(this.#subscriptions, async () => {
       // The consumer stops first, or JetStream would hand every released delivery straight

@@ -12,6 +12,7 @@ import {
   checkSubscribeArgs,
   closeAll,
   closedError,
+  closedWhileSubscribing,
   commonOptionKeys,
   KEY_HEADER,
   lazyDriver,
@@ -1156,9 +1157,11 @@ class RabbitSubscriber implements Subscriber {
       // would keep consuming (and competing in its group) after its subscriber was closed.
       abort.abort()
       await inner.stopReceiving()
-      await dispatcher.close()
+      // Bounded as close() is: a handler that started meanwhile and never settles is left
+      // unacknowledged (see closedWhileSubscribing).
+      const unfinished = await dispatcher.close(options.closeTimeoutMs)
       await inner.close()
-      throw closedError('rabbitmq', 'subscriber')
+      throw closedWhileSubscribing('rabbitmq', topic, group, options.closeTimeoutMs, unfinished)
     }
     return trackedSubscription(this.#subscriptions, async () => {
       abort.abort()

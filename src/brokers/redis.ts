@@ -13,6 +13,7 @@ import {
   checkSubscribeArgs,
   closeAll,
   closedError,
+  closedWhileSubscribing,
   commonOptionKeys,
   lazyDriver,
   ms,
@@ -1079,10 +1080,12 @@ class RedisSubscriber implements Subscriber {
       // close() ran while this subscription connected and could not see it: without this, it
       // would keep consuming (and competing in its group) after its subscriber was closed.
       await inner.stopReceiving()
-      await state.dispatcher.close()
+      // Bounded as close() is: a handler that started meanwhile and never settles is left
+      // unacknowledged (see closedWhileSubscribing).
+      const unfinished = await state.dispatcher.close(options.closeTimeoutMs)
       await inner.close()
       releaseName()
-      throw closedError('redis', 'subscriber')
+      throw closedWhileSubscribing('redis', topic, group, options.closeTimeoutMs, unfinished)
     }
     return trackedSubscription(this.#subscriptions, async () => {
       // Reading and claiming stop first, or entries the dispatcher releases would be claimed

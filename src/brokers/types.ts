@@ -77,7 +77,10 @@ export interface Subscriber {
    * every message published afterwards reaches it; a new group also receives what the broker
    * still holds for the topic, where it keeps history (NATS, Redis). Rejects with a
    * `BrokerError` when the broker cannot be reached; after that first success the
-   * subscription reconnects by itself. Messages with the same key are handled one at a time,
+   * subscription reconnects by itself. When the subscriber is closed while this connects, it
+   * rejects with `BROKER_UNAVAILABLE` once it has closed what it opened, waiting for handlers
+   * that started meanwhile at most `closeTimeoutMs` (the rejection's `cause` is then a
+   * `SubscriptionCloseTimeoutError`). Messages with the same key are handled one at a time,
    * in order, by this subscription. Across competing subscribers of one group (several
    * processes), only the SQL queue keeps that order: it leases no message of a key while an
    * earlier one is held, and a group's consumers lease one after the other (on PostgreSQL
