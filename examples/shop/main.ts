@@ -136,11 +136,13 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   process.on('exit', onExit)
   // `npm start` stopped by SIGTERM (`timeout`, a supervisor): npm passes it on to the shell
   // running the script, which ends by it without passing it on, and the demo, re-parented,
-  // ran on with nobody left to stop it. Its parent gone, it stops as on a first signal. Node
-  // has no event for it, and process.ppid is the parent at start: signal 0 asks whether that
-  // process still exists (ESRCH: it does not; EPERM, a parent of another user, does exist).
-  // No parent to watch in a container's PID 1 (ppid 0).
-  const parentAtStart = process.ppid
+  // ran on with nobody left to stop it. Run by an npm script (npm sets npm_lifecycle_event),
+  // its parent gone, it stops as on a first signal; a demo started in the background on
+  // purpose by a shell that then exits (`node ... demo &`) runs on. Node has no event for it,
+  // and process.ppid is the parent at start: signal 0 asks whether that process still exists
+  // (ESRCH: it does not; EPERM, a parent of another user, does). No parent to watch in a
+  // container's PID 1 (ppid 0).
+  const parentAtStart = process.env.npm_lifecycle_event === undefined ? 0 : process.ppid
   const parentGone = (): boolean => {
     try {
       process.kill(parentAtStart, 0)

@@ -58,7 +58,8 @@ async function expectNothingLeftIn(folder: string): Promise<void> {
 }
 
 // The demo from sources with its temporary folder in `own` (through a shell that runs it as
-// npm runs a script, `sh -c 'build && node ...'`, when `via` is 'shell'). `output` resolves
+// npm runs a script, `sh -c 'build && node ...'` with npm's environment, when `via` is
+// 'shell'). `output` resolves
 // to its stdout once the dashboard is up, `ended` to all of it once it ends (the demo's, also
 // through the shell: the shell's own end does not close it).
 function spawnUntilDashboard(own: string, args: readonly string[], via?: 'shell') {
@@ -68,7 +69,12 @@ function spawnUntilDashboard(own: string, args: readonly string[], via?: 'shell'
   const child = spawn(command!, rest, {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, TMPDIR: own },
+    // npm names the script it runs in npm_lifecycle_event (the demo watches its parent then).
+    env: {
+      ...process.env,
+      TMPDIR: own,
+      ...(via === 'shell' ? { npm_lifecycle_event: 'start' } : {}),
+    },
   })
   let stdout = ''
   const exited = once(child, 'exit') as Promise<[number | null]>
