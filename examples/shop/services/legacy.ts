@@ -94,7 +94,9 @@ await hostService({
   close: async () => {
     stopping = true
     await reconciling.catch(() => {})
-    await outbound.close()
-    await db.close()
+    // The database is closed even when closing the clients failed: a failure goes
+    // to stderr, and the process still exits.
+    await outbound.close().catch((error) => console.error('closing the clients failed:', error))
+    await db.close().catch((error) => console.error('closing the database failed:', error))
   },
 })

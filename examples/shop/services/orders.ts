@@ -84,7 +84,9 @@ await hostService({
   handler,
   state: async () => ({ readModelLag: await projector.lag() }),
   close: async () => {
-    await projector.stop()
-    await db.close()
+    // The database is closed even when the projector's stop failed: a failure goes
+    // to stderr, and the process still exits.
+    await projector.stop().catch((error) => console.error('stopping the projector failed:', error))
+    await db.close().catch((error) => console.error('closing the database failed:', error))
   },
 })

@@ -19,8 +19,10 @@ await hostService({
   port: env.port,
   state: () => relay.metrics(),
   close: async () => {
-    await relay.stop()
-    await closeBroker()
-    await db.close()
+    // Each step runs even when the one before it failed, so the database is closed whatever
+    // the relay's stop did: a failure goes to stderr.
+    await relay.stop().catch((error) => console.error('stopping the relay failed:', error))
+    await closeBroker().catch((error) => console.error('closing the broker failed:', error))
+    await db.close().catch((error) => console.error('closing the database failed:', error))
   },
 })

@@ -26,8 +26,10 @@ await hostService({
   port: env.port,
   state: () => ({ worker: worker.metrics(), outbound: outbound.state() }),
   close: async () => {
-    await worker.stop()
-    await outbound.close()
-    await db.close()
+    // Each step runs even when the one before it failed: a rejected stop() must not leave the
+    // database open. A failure goes to stderr.
+    await worker.stop().catch((error) => console.error('stopping the saga worker failed:', error))
+    await outbound.close().catch((error) => console.error('closing the clients failed:', error))
+    await db.close().catch((error) => console.error('closing the database failed:', error))
   },
 })
