@@ -17,6 +17,8 @@ export interface ShopFigures {
   readonly legacyPending: number
   /** Orders currently charged (charge rows not refunded), counted once per order. */
   readonly charges: number
+  /** Charges taken and not refunded, every one: a second charge of the same order too. */
+  readonly chargesTaken: number
   /**
    * Orders charged but not paid, and paid but not charged (their counts, and the first few ids
    * of each): by order, since one of each leaves the counts equal.
@@ -114,6 +116,10 @@ export async function countFigures(
   const chargedSet = new Set(chargedIds)
   const chargedNotPaid = chargedIds.filter((id) => !paidIds.has(id))
   const paidNotCharged = [...paidIds].filter((id) => !chargedSet.has(id))
+  const chargesTaken = await count(
+    payments,
+    "SELECT count(*) AS n FROM payments_charges WHERE status = 'charged'",
+  )
   const refunds = await count(
     payments,
     "SELECT count(*) AS n FROM payments_charges WHERE status = 'refunded'",
@@ -181,6 +187,7 @@ export async function countFigures(
     cancelledOrders: typed('order-cancelled'),
     legacyPending,
     charges: chargedIds.length,
+    chargesTaken,
     unmatchedCharges: {
       chargedNotPaid: chargedNotPaid.length,
       paidNotCharged: paidNotCharged.length,

@@ -331,7 +331,8 @@ function printSummary(
   for (const line of table([
     ['figure', 'value'],
     ['orders placed (legacy / new)', `${f.orders.total} (${f.orders.legacy} / ${f.orders.new})`],
-    ['paid orders / charges / refunds', `${f.paidOrders.total} / ${f.charges} / ${f.refunds}`],
+    // Every charge taken: orders charged twice show here as in "duplicate charges".
+    ['paid orders / charges / refunds', `${f.paidOrders.total} / ${f.chargesTaken} / ${f.refunds}`],
     ['orders cancelled by compensation', String(f.cancelledOrders)],
     [
       'sagas completed / compensated / failed',

@@ -19,6 +19,7 @@ const settled: ShopFigures = {
   cancelledOrders: 1,
   legacyPending: 0,
   charges: 9,
+  chargesTaken: 9,
   unmatchedCharges: { chargedNotPaid: 0, paidNotCharged: 0, ids: [] },
   refunds: 1,
   duplicateCharges: 0,
