@@ -21,6 +21,8 @@ export interface DashboardOptions {
 /** The running dashboard. */
 export interface Dashboard {
   readonly url: string
+  /** The port asked for when it was busy and the dashboard took a free one instead. */
+  readonly busyPort?: number | undefined
   close(): Promise<void>
 }
 
@@ -117,6 +119,9 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     }
   })
   const port = await listen(server, options.port)
+  // Said in the demo's dashboard line: a user who asked for a port (or expects the default's
+  // URL from an earlier run) would otherwise open the other program still holding it.
+  const busyPort = options.port !== 0 && port !== options.port ? options.port : undefined
   const timer = setInterval(() => {
     let text: string
     try {
@@ -128,6 +133,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   }, 1_000)
   return {
     url: `http://127.0.0.1:${port}/`,
+    busyPort,
     close: async () => {
       clearInterval(timer)
       for (const res of streams) res.end()

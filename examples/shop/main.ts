@@ -200,7 +200,9 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     }
     dashboard = await startDashboard({ shop, monitor, chaos, port: options.port })
     write(
-      `dashboard: ${dashboard.url}  (policies ${shop.proxy ? 'in the breakwater proxy' : 'in-process'}; ${
+      `dashboard: ${dashboard.url}${
+        dashboard.busyPort === undefined ? '' : ` (port ${dashboard.busyPort} was busy)`
+      }  (policies ${shop.proxy ? 'in the breakwater proxy' : 'in-process'}; ${
         options.durationS > 0 ? `${options.durationS} s of load` : 'Ctrl-C to stop'
       }, ${options.rate} orders/s, chaos: ${options.chaos})`,
     )

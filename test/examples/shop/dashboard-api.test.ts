@@ -2,6 +2,8 @@
 // The dashboard runs in the demo process, so a request it cannot read must be answered 400, not
 // end the demo (and with it every service, before the invariants are judged). The shop is a
 // stand-in with process names only: these requests never reach a process.
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { ChaosAction } from '../../../examples/shop/chaos.js'
 import { chaosActionOf } from '../../../examples/shop/chaos.js'
@@ -93,5 +95,32 @@ describe('chaosActionOf', () => {
       kind: 'weight',
       percent: 90,
     })
+  })
+})
+
+describe('the dashboard port', () => {
+  it('falls back to a free port when the one asked for is busy, and says which was busy', async () => {
+    const busy = createServer()
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve))
+    const taken = (busy.address() as AddressInfo).port
+    try {
+      const shop = { processes: new Map() } as unknown as Shop
+      dashboard = await startDashboard({
+        shop,
+        monitor: {} as Monitor,
+        chaos: async () => {},
+        port: taken,
+      })
+      expect(dashboard.url).not.toBe(`http://127.0.0.1:${taken}/`)
+      expect(dashboard.busyPort).toBe(taken)
+    } finally {
+      await new Promise<void>((resolve) => busy.close(() => resolve()))
+    }
+  })
+
+  it('names no busy port when it got the one asked for', async () => {
+    const { url } = await start()
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+    expect(dashboard?.busyPort).toBeUndefined()
   })
 })
