@@ -44,7 +44,11 @@ export interface RunUntilSignalOptions {
    * How long `stop()` may take after a signal before the run gives up on it (outcome
    * `drain: 'timeout'`). A function is asked at the first signal, for a bound that can change
    * while the service runs (a reloaded config's); what it returns is checked then, and a value
-   * out of range rejects the run with `INVALID_OPTION`.
+   * out of range rejects the run with `INVALID_OPTION`. A `stop()` that closes a broker
+   * subscriber should bound it below this (the adapters' `closeTimeoutMs`, also 30 s by
+   * default): the drain's timer starts first, so with equal bounds the run can end with
+   * `drain: 'timeout'` instead of rejecting with the `SUBSCRIPTION_CLOSE_TIMEOUT` that names
+   * the topic and group given up.
    * @default 30_000
    */
   readonly drainTimeoutMs?: number | (() => number) | undefined
