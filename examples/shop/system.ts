@@ -204,11 +204,10 @@ async function startPrepared(
   }
   // Every service its own store: a SQLite file each, or on PostgreSQL a schema each in the
   // given database (the connection's search_path selects it, so the code is the same).
-  const dbUrl = (owner: StoreOwner | 'queue'): string => {
-    if (options.db === undefined) return `sqlite:${join(dir, `${owner}.db`)}`
-    const separator = options.db.includes('?') ? '&' : '?'
-    return `${options.db}${separator}options=${encodeURIComponent(`-c search_path=shop_${owner}`)}`
-  }
+  const dbUrl = (owner: StoreOwner | 'queue'): string =>
+    options.db === undefined
+      ? `sqlite:${join(dir, `${owner}.db`)}`
+      : shopStoreUrl(options.db, owner)
   // On PostgreSQL, the connection that holds the database for this run until the shop closes.
   let claim: SqlDriver | undefined
   if (options.db !== undefined) {
@@ -390,4 +389,23 @@ async function startPrepared(
     throw error
   }
   return shop
+}
+
+/**
+ * The URL of one service's store in the PostgreSQL database `db` (the demo's `--db`): the same
+ * database, its `shop_<owner>` schema selected by the connection's `search_path`. Options the
+ * URL already gives the server (`options=-c statement_timeout=...`) are kept, the search_path
+ * added after them: a second `options` parameter would be read instead of the user's.
+ */
+export function shopStoreUrl(db: string, owner: StoreOwner | 'queue'): string {
+  const at = db.indexOf('?')
+  const base = at < 0 ? db : db.slice(0, at)
+  const params = new URLSearchParams(at < 0 ? '' : db.slice(at + 1))
+  const searchPath = `-c search_path=shop_${owner}`
+  const given = params.get('options')
+  params.set(
+    'options',
+    given === null || given.trim() === '' ? searchPath : `${given} ${searchPath}`,
+  )
+  return `${base}?${params.toString()}`
 }
