@@ -208,6 +208,9 @@ async function runProxy(
   if (parsed.check || early === undefined) {
     try {
       const config = await loadProxyConfig(file, overrides)
+      const { checkEnvSecrets } = await import('../proxy/config/env-secrets.js')
+      // Refused as the start refuses them (CONFIG_INVALID, listed as the loader lists problems).
+      checkEnvSecrets(config, file, { services: process.env, admin: env })
       const { unusableFiles } = await import('../proxy/config/files.js')
       const { capped, echo, moreProblems } = await import('../proxy/config/errors.js')
       const missing = unusableFiles(config)
@@ -251,7 +254,7 @@ async function runProxy(
   try {
     if (isWorker) return await runWorker(logger, overrides, deps, early)
     // Validates before anything starts; an invalid file is exit 2 through main.ts.
-    const { config, text } = await readProxyConfig(file, overrides)
+    const { config, text } = await readProxyConfig(file, overrides, env)
     if (config.workers > 1 && cluster.isPrimary)
       return await runPrimary(file, config, text, overrides, logger, output, deps, early)
     return await runSingle(file, config, overrides, logger, deps, early)
@@ -301,16 +304,23 @@ function holdSighup(signals: SignalTarget, held: HeldSignals | undefined): Early
 
 /**
  * Reads and validates the config file: the config and the text it was parsed from (what the
- * primary hands its workers). Throws ConfigInvalidError as loadProxyConfig does.
+ * primary hands its workers). Throws ConfigInvalidError as loadProxyConfig does, and for a
+ * `{ env }` secret that is unset or unusable (the services' read in `process.env`, the admin
+ * token's in `env`): the primary refuses it at start and on a reload before any worker is
+ * forked or asked, as one process refuses it.
  */
 async function readProxyConfig(
   file: string,
   overrides: ProxyConfigOverrides,
+  env: Readonly<Record<string, string | undefined>>,
 ): Promise<{ config: ProxyConfig; text: string }> {
   const { parseProxyConfig, readConfigText } = await import('../proxy/config/load.js')
+  const { checkEnvSecrets } = await import('../proxy/config/env-secrets.js')
   // Refuses a path that is no regular file before reading it (a FIFO's read never ends).
   const text = await readConfigText(file)
-  return { config: parseProxyConfig(text, file, overrides), text }
+  const config = parseProxyConfig(text, file, overrides)
+  checkEnvSecrets(config, file, { services: process.env, admin: env })
+  return { config, text }
 }
 
 async function runSingle(
@@ -526,7 +536,7 @@ async function runPrimary(
     config,
     configText,
     // A reload is checked with the worker count in force (the file's, or --workers).
-    loadConfig: () => readProxyConfig(file, { ...overrides, workers }),
+    loadConfig: () => readProxyConfig(file, { ...overrides, workers }, deps.env ?? process.env),
     file,
     logger: log,
     metrics,

@@ -19,6 +19,7 @@ import {
   metricsPerRegistry,
 } from '../observability/metrics.js'
 import { redactUrl } from '../stores/redact.js'
+import { checkEnvSecrets } from './config/env-secrets.js'
 import {
   ConfigInvalidError,
   formatProblem,
@@ -122,7 +123,8 @@ export interface StartProxyOptions {
   readonly admin?: boolean | undefined
   /**
    * Where the admin token's `{ env }` reference is read. (Services read their outbound
-   * credentials from `process.env`.)
+   * credentials from `process.env`.) A variable that is unset or holds no usable token is
+   * refused at start and by a reload (`CONFIG_INVALID` naming `admin.token.env`).
    * @default process.env
    */
   readonly env?: Readonly<Record<string, string | undefined>> | undefined
@@ -270,11 +272,14 @@ const runtimeMetrics = metricsPerRegistry(
  * Starts the proxy: validates the config, creates a `ServiceRuntime` per service, binds every
  * listener (ambassador or gateway), opens the idempotency store when a route needs it, starts
  * the admin API (when configured), and watches the config file. Rejects with
- * {@link ConfigInvalidError} for an invalid config, and with {@link ProxyStartError}
- * (`PROXY_LISTEN_FAILED`, `PROXY_TLS_INVALID`, `PROXY_IDEMPOTENCY_STORE_FAILED`, naming the
- * setting) for one that cannot be brought up, after closing whatever it had started. A start
- * that takes longer than the config's `startTimeoutMs` (a database that does not answer)
- * rejects with `PROXY_START_TIMEOUT` naming the step it was waiting for.
+ * {@link ConfigInvalidError} for an invalid config (a `{ env }` secret whose variable is
+ * unset, empty or unusable as a header value included: no variable appears later in a
+ * running process, and a reload to such a config is refused the same way), and with
+ * {@link ProxyStartError} (`PROXY_LISTEN_FAILED`, `PROXY_TLS_INVALID`,
+ * `PROXY_IDEMPOTENCY_STORE_FAILED`, naming the setting) for one that cannot be brought up,
+ * after closing whatever it had started. A start that takes longer than the config's
+ * `startTimeoutMs` (a database that does not answer) rejects with `PROXY_START_TIMEOUT` naming
+ * the step it was waiting for.
  *
  * @example
  * ```ts
@@ -412,6 +417,7 @@ class ProxyRuntime implements ProxyInternals {
         )
         // The file's own bound, counted from the start.
         bound.limit(read.config.startTimeoutMs)
+        this.#checkEnvSecrets(read.config, this.#sourceName())
         // An admin token file without a usable token would have the admin API refuse every
         // request while the proxy looked healthy: refused before anything is bound.
         if (this.#adminEnabled)
@@ -652,6 +658,15 @@ class ProxyRuntime implements ProxyInternals {
     return this.#source.kind === 'file' ? this.#source.file : 'config'
   }
 
+  // Refuses a config whose `{ env }` secrets are unset or unusable: no variable appears later
+  // in a running process. The admin token only where this process serves the admin API.
+  #checkEnvSecrets(config: ProxyConfig, source: string): void {
+    checkEnvSecrets(config, source, {
+      services: process.env,
+      admin: this.#adminEnabled ? this.#env : undefined,
+    })
+  }
+
   // The config to apply, read from the file unless `yamlText` is given. The file's text is
   // noted as the one read last, unless `bound` gave up on the read meanwhile: that reload
   // failed, and the text it never applied must not count as in force.
@@ -699,6 +714,7 @@ class ProxyRuntime implements ProxyInternals {
           `reading ${this.#sourceName()}`,
           this.#readConfig(yamlText, bound),
         ))
+        this.#checkEnvSecrets(config, yamlText === undefined ? this.#sourceName() : 'reload')
       } catch (error) {
         return this.#reloadFailed(error, yamlText === undefined)
       }

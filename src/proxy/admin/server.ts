@@ -183,7 +183,9 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       tokenSource,
     })
   else if (adminTokenProblem(initial) !== undefined)
-    // No header can carry it as written (a file's is refused at start; see checkAdminTokenFile).
+    // No header can carry it as written. The proxy refuses such a token (and an unset variable)
+    // before it starts this server (checkAdminTokenFile, checkEnvSecrets): these warnings are
+    // for a caller of startAdminServer itself.
     log.warn(
       'admin token has a character outside visible ASCII inside: every /admin/ request will be refused',
       { tokenSource },

@@ -166,17 +166,24 @@ function unreadable(file: string): string | undefined {
 }
 
 function wrongContent(file: string, content: Content): string | undefined {
-  if (content === 'secret') {
-    // The proxy would start, warn once, and send every request without the credential.
-    const problem = credentialProblem(readFileSync(file, 'utf8'))
-    const effect = 'requests would go without the credential'
-    if (problem === 'empty') return `empty (or whitespace only): ${effect}`
-    if (problem === 'unheadable')
-      return `a line break or control character inside, which no header can carry: ${effect}`
-    return undefined
-  }
+  if (content === 'secret') return secretProblem(readFileSync(file, 'utf8'))
   if (content === 'admin token') return adminTokenProblem(readFileSync(file, 'utf8'))
   return pemProblem(readFileSync(file), content)
+}
+
+/**
+ * Why the text of a service's credential (from its file or its environment variable) cannot
+ * be sent, or undefined when it can: empty (or whitespace only), or a line break or control
+ * character inside that no header value can carry. Either way every request to the service
+ * would go without the credential (see {@link credentialProblem}).
+ */
+export function secretProblem(text: string): string | undefined {
+  const problem = credentialProblem(text)
+  const effect = 'requests would go without the credential'
+  if (problem === 'empty') return `empty (or whitespace only): ${effect}`
+  if (problem === 'unheadable')
+    return `a line break or control character inside, which no header can carry: ${effect}`
+  return undefined
 }
 
 /**
@@ -203,7 +210,8 @@ const adminTokenRule =
  * config whose admin token file cannot be read or holds no usable token (see
  * {@link adminTokenProblem}): the proxy would start and refuse every /admin/ request. Called
  * at start, before anything is bound; `--check` reports the same through {@link unusableFiles}.
- * A token from `{ env }` is not checked here: an unset variable is logged at start.
+ * A token from `{ env }` is refused by checkEnvSecrets (env-secrets.ts) instead, with the
+ * services' `{ env }` credentials, at start, by `--check` and on a reload.
  *
  * @example
  * ```ts

@@ -63,6 +63,8 @@ export class OutboundAuth {
       return config.kind === 'bearer' ? `Bearer ${trimmed}` : trimmed
     }
     let value: string | undefined | null
+    // A variable unset or unusable is refused before a config is applied (checkEnvSecrets):
+    // the warnings below are then for a file, which may be rotated into place later.
     if ('env' in source) {
       value = render(process.env[source.env] ?? '')
     } else {

@@ -4,6 +4,7 @@ import { writeFileSync } from 'node:fs'
 import { expect } from 'vitest'
 import { proxyCommand } from '../../../src/cli/proxy.js'
 import { ConfigInvalidError, parseProxyConfig } from '../../../src/proxy/config/index.js'
+import { spawnCli } from '../../process/cli-process.js'
 import { captureLog } from '../runtime/helpers.js'
 
 /**
@@ -32,4 +33,28 @@ export async function checkFile(
     stderr: err,
   })
   return { code, text: err.text() }
+}
+
+/**
+ * Runs `breakwater proxy --config <file>` with one process and with two workers, and expects
+ * each to exit 2 before it starts, saying `said` on stderr without a stack.
+ */
+export async function expectStartRefused(file: string, said: string): Promise<void> {
+  for (const workers of ['1', '2']) {
+    const cli = spawnCli(['proxy', '--config', file, '--workers', workers])
+    try {
+      // Bounded: a proxy that is not refused starts and runs.
+      const exited = await Promise.race([
+        cli.exited,
+        cli
+          .waitForLine((l) => l.msg === 'proxy started' || l.msg === 'starting workers', 'a start')
+          .then(() => undefined),
+      ])
+      expect(exited, cli.stdout()).toEqual({ code: 2, signal: null })
+      expect(cli.stderr()).toContain(said)
+      expect(cli.stderr()).not.toMatch(/\n\s+at /)
+    } finally {
+      cli.kill()
+    }
+  }
 }

@@ -98,7 +98,7 @@ describe('breakwater proxy --check', () => {
     const p = await ports()
     const good = join(dir, 'check-good.yaml')
     writeFileSync(good, config(p))
-    const ok = await runProxyCli(['proxy', '--config', good, '--check'])
+    const ok = await runProxyCli(['proxy', '--config', good, '--check'], env)
     expect(ok.code).toBe(0)
     expect(ok.stdout).toContain('valid (2 services, 2 listeners, 1 worker)')
 
@@ -108,7 +108,7 @@ describe('breakwater proxy --check', () => {
       'retry: { attempts: three }',
     )
     writeFileSync(bad, `${broken}extra: { token: ${upstreamToken} }\n`)
-    const refused = await runProxyCli(['proxy', '--config', bad, '--check'])
+    const refused = await runProxyCli(['proxy', '--config', bad, '--check'], env)
     expect(refused.code).toBe(1)
     expect(refused.stderr).toContain(`invalid proxy config ${bad} (3 problems)`)
     expect(refused.stderr).toContain(
@@ -121,7 +121,7 @@ describe('breakwater proxy --check', () => {
     expect(refused.stderr).not.toContain(upstreamToken)
 
     // Without --check an invalid file stops the start (exit 2, the usage-error code).
-    const startRefused = await runProxyCli(['proxy', '--config', bad])
+    const startRefused = await runProxyCli(['proxy', '--config', bad], env)
     expect(startRefused.code).toBe(2)
     expect(startRefused.stderr).toContain('services.modern.retry.attempts')
   })
