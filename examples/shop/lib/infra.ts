@@ -34,9 +34,14 @@ export async function openShopBroker(env: ShopEnv): Promise<ShopBroker> {
     const queue = createSqlQueue(db, { visibilityTimeoutMs: 3_000, retryDelayMs: 200 })
     return {
       broker: queue,
+      // The database is closed even when the queue's close fails (a handler outliving its
+      // closeTimeoutMs): the failure is still the caller's to report.
       close: async () => {
-        await queue.close()
-        await db.close()
+        try {
+          await queue.close()
+        } finally {
+          await db.close()
+        }
       },
     }
   }
