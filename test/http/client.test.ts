@@ -602,6 +602,38 @@ describe('state, events and close', () => {
     expect((error as Error).message).toBe('busy')
   })
 
+  // execute() runs the caller's work, which has no method, path or status: it reports the
+  // policies' events (retry, giveUp, stateChange, rejected) and none of request()'s own.
+  it("reports only the policies' events for execute(), not attempt, response or failure", async () => {
+    const c = make({ retry: { baseDelayMs: 1, maxAttempts: 2 } })
+    const seen: string[] = []
+    c.events.on((e) => seen.push(e.type))
+    const svc = c.service('svc')
+    const busy = () => Object.assign(new Error('busy'), { status: 503 })
+    let calls = 0
+    const work = () => {
+      calls++
+      if (calls === 1) throw busy()
+      return 'done'
+    }
+    expect(await svc.execute(work, { retry: true })).toBe('done')
+    expect(seen).toEqual(['retry'])
+    seen.length = 0
+    const error = await svc
+      .execute(
+        () => {
+          throw busy()
+        },
+        { retry: true },
+      )
+      .catch((e: unknown) => e)
+    expect((error as Error).message).toBe('busy')
+    expect(seen).toEqual(['retry', 'giveUp'])
+    seen.length = 0
+    await c.request('svc', { path: '/' })
+    expect(seen).toEqual(['attempt', 'response'])
+  })
+
   it('refuses bad execute() options with InvalidOptionError, before anything runs', async () => {
     const svc = make().service('svc')
     let calls = 0
@@ -678,6 +710,25 @@ describe('state, events and close', () => {
     await closed
     expect(server.hits.map((h) => h.url)).toEqual(['/busy', '/hold'])
     expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('gives a request in flight at close() its answer, or HttpClientClosedError for a failure it would retry', async () => {
+    const gate = new Gate()
+    await server.close()
+    server = await startServer(async (req, res) => {
+      await gate.wait()
+      res.writeHead(req.url === '/busy' ? 503 : 500).end('no')
+    })
+    const c = make({ retry: { baseDelayMs: 1 } })
+    const busy = c.request('svc', { path: '/busy' }).catch((e: unknown) => e)
+    const broken = c.request('svc', { path: '/broken' })
+    await until(() => server.hits.length === 2)
+    const closed = c.close()
+    gate.open()
+    expect(await busy).toBeInstanceOf(HttpClientClosedError)
+    expect((await broken).status).toBe(500)
+    await closed
+    expect(server.hits).toHaveLength(2)
   })
 
   it.each([
