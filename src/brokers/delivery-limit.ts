@@ -22,7 +22,10 @@ export interface DeliveryLimitOptions {
    * with (a {@link DeliveryLimitError} when this process did not see that failure). Keep the
    * message here (a dead-letter table or topic, a log). It may be async: the message is
    * acknowledged only after it resolves. If it throws, the message is not acknowledged and
-   * comes back, and is offered to it again (the handler does not run again).
+   * comes back, and is offered to it again (the handler does not run again). Called at least
+   * once per message, not exactly once: an ack lost after it resolved, or a `close()` that gave
+   * up (`closeTimeoutMs`) while it ran, brings the message back past its limit to it again, so
+   * make it idempotent by message id.
    */
   readonly onDeadLetter: (message: IncomingMessage, lastError: unknown) => Promise<void> | void
 }
