@@ -1,7 +1,8 @@
 import { Agent, get } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createHttpClient } from '../../src/http/index.js'
-import { BulkheadRejectedError } from '../../src/index.js'
+import { BulkheadRejectedError, TimeoutError } from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
 import { Gate, startServer, type TestServer, until } from './servers.js'
 
 // The seed's bulkhead scenario: a service calls B, C and D; D becomes slow. With one shared
@@ -113,5 +114,53 @@ describe('bulkheads: a slow service cannot starve the others', () => {
     gate.open()
     const late = await Promise.all(slowD)
     expect(late.every((r) => r.text() === 'late')).toBe(true)
+  })
+})
+
+// The attempt timeout starts before the bulkhead, so a call can run out of it in the queue,
+// nothing sent. The breaker counts that TimeoutError as it counts one in flight; a
+// queueTimeoutMs shorter than the attempt timeout ends the wait first with
+// BulkheadRejectedError, a local refusal the breaker ignores (docs/policies.md says which).
+describe('a wait in the bulkhead queue and the breaker', () => {
+  it.each([
+    ['the attempt timeout, counted', undefined, 'open', TimeoutError],
+    ['queueTimeoutMs, not counted', 500, 'closed', BulkheadRejectedError],
+  ] as const)('ends the wait with %s', async (_name, queueTimeoutMs, breaker, queuedError) => {
+    const gate = new Gate()
+    const server = await startServer(async (_req, res) => {
+      await gate.wait()
+      res.end('late')
+    })
+    cleanup.push(() => server.close())
+    cleanup.push(async () => gate.open())
+    const clock = new ManualClock()
+    const client = createHttpClient({
+      clock,
+      services: {
+        svc: {
+          baseUrl: server.url,
+          attemptTimeoutMs: 1_000,
+          retry: false,
+          bulkhead: { maxConcurrent: 1, maxQueued: 2, queueTimeoutMs },
+          // The call in flight is one failure; the two queued ones would make three.
+          circuitBreaker: { window: { kind: 'consecutive', failures: 3 } },
+        },
+      },
+    })
+    cleanup.push(() => client.close())
+    const settle = (p: Promise<unknown>) =>
+      p.then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    const held = settle(client.request('svc', { path: '/held' }))
+    await until(() => server.hits.length === 1)
+    const queued = [1, 2].map(() => settle(client.request('svc', { path: '/queued' })))
+    await until(() => client.state().svc?.bulkhead?.queued === 2)
+    await clock.advance(1_000)
+    for (const error of await Promise.all(queued)) expect(error).toBeInstanceOf(queuedError)
+    expect(await held).toBeInstanceOf(TimeoutError)
+    expect(server.hits).toHaveLength(1)
+    expect(client.state().svc?.breaker).toBe(breaker)
   })
 })
