@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BrokerError, type BrokerKind } from './errors.js'
 import type { IncomingMessage } from './types.js'
@@ -354,6 +354,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const expired = new Promise<void>((resolve) => {
       timer = clock.setTimeout(resolve, timeoutMs)
     })
+    // close() is awaited: a process held by nothing else must not exit before it answers.
+    keepProcessAlive(timer)
     await Promise.race([idle, expired])
     clock.clearTimeout(timer)
     return this.#running

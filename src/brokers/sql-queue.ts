@@ -1,6 +1,12 @@
 import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
-import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
+import {
+  type Clock,
+  keepProcessAlive,
+  maxTimerDelayMs,
+  sleep,
+  type TimerHandle,
+} from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BreakwaterError, describeValue, InvalidOptionError } from '../core/errors.js'
 import {
@@ -745,6 +751,9 @@ class QueueSubscription implements Subscription {
     const expired = new Promise<boolean>((resolve) => {
       timer = clock.setTimeout(() => resolve(true), closeTimeoutMs)
     })
+    // The caller is blocked on close(): with a handler stuck on nothing that holds the process
+    // (and on SQLite nothing else does once shutdown began), it exited mid-close instead.
+    keepProcessAlive(timer)
     const timedOut = await Promise.race([this.#loop.then(() => false), expired])
     clock.clearTimeout(timer)
     if (!timedOut || this.#running === 0) {
