@@ -1216,6 +1216,13 @@ class RedisSubscriber implements Subscriber {
     // False once stopReceiving() ran: no more reads or claims, but held entries are still kept
     // fresh (XCLAIM) and acked while their handlers finish.
     let receiving = true
+    // Resolved by stopReceiving(): a read loop waiting for room (the dispatcher full, behind a
+    // handler that never settles) stops waiting. It waited on, stopReceiving() waited for it,
+    // and close() never got to closeTimeoutMs: it hung for good.
+    let receivingStopped!: () => void
+    const stoppedReceiving = new Promise<void>((resolve) => {
+      receivingStopped = resolve
+    })
     const abort = new AbortController()
     const settle = async (
       entryId: string,
@@ -1344,7 +1351,7 @@ class RedisSubscriber implements Subscriber {
     const readLoop = async (): Promise<void> => {
       await readOwnPending()
       while (!stopping && receiving) {
-        await dispatcher.whenRoom()
+        await Promise.race([dispatcher.whenRoom(), stoppedReceiving])
         if (stopping || !receiving) return
         const reply = (await answered(
           options,
@@ -1467,6 +1474,7 @@ class RedisSubscriber implements Subscriber {
     const stopReceiving = (): Promise<void> => {
       stoppingReceipt ??= (async () => {
         receiving = false
+        receivingStopped()
         // Wake the blocked XREADGROUP now instead of after blockMs.
         await command(options, commands, 'CLIENT', 'UNBLOCK', readerId).catch(() => {})
         await reading.catch(() => {})

@@ -22,10 +22,19 @@ import { testBroker } from './targets.js'
 
 interface Target {
   readonly name: string
-  /** Opens a broker (the same server or database each call) that gives up closing after `ms`. */
-  open(closeTimeoutMs: number): Promise<Broker>
+  /**
+   * Opens a broker (the same server or database each call) that gives up closing after `ms`;
+   * `overrides` sets its prefetch and concurrency.
+   */
+  open(closeTimeoutMs: number, overrides?: Limits): Promise<Broker>
   /** Waits for `done()`, driving the target's clock where it has one of its own. */
   until(received: Received, done: () => boolean, what: string): Promise<void>
+}
+
+/** Subscriber settings a case may change. */
+interface Limits {
+  readonly prefetch?: number
+  readonly concurrency?: number
 }
 
 const databases: OutboxDb[] = []
@@ -34,8 +43,12 @@ const targets: Target[] = [
   ...(['nats', 'rabbitmq', 'redis'] as const).map(
     (name): Target => ({
       name,
-      open: async (closeTimeoutMs) =>
-        testBroker(name, await brokerUrl(name), { closeTimeoutMs, onError: () => {} }),
+      open: async (closeTimeoutMs, overrides = {}) =>
+        testBroker(name, await brokerUrl(name), {
+          ...overrides,
+          closeTimeoutMs,
+          onError: () => {},
+        }),
       until: (received, done, what) => received.until(done, what),
     }),
   ),
@@ -51,12 +64,12 @@ const targets: Target[] = [
     }
     return {
       name: `sql queue on ${db.dialect}`,
-      open: async (closeTimeoutMs) => {
+      open: async (closeTimeoutMs, overrides = {}) => {
         opened ??= db.open('close_timeout').then((t) => {
           databases.push(t)
           return t
         })
-        return createSqlQueue((await opened).db, { ...options, closeTimeoutMs })
+        return createSqlQueue((await opened).db, { ...options, ...overrides, closeTimeoutMs })
       },
       until: (_received, done, what) => driveUntil(clock, done, what),
     }
@@ -143,5 +156,44 @@ describe.each(targets)('close() with a handler that never settles, on $name', (t
     expect(received.ids()).toEqual([`${topic}-stuck`, `${topic}-after`])
     expect(seen[0]!.deliveryCount).toBeGreaterThan(1)
     expect(started.ids()).toEqual([`${topic}-stuck`])
+  })
+  it('gives up too when the prefetch is full behind the stuck handler', async () => {
+    // Redis's read loop waited for room before it saw the subscription stop, and room never
+    // came: close() never reached closeTimeoutMs and hung for good.
+    const topic = unique('full')
+    const group = unique('g')
+    // The group exists but nobody consumes, so the subscription below gets a and b at once.
+    const setup = await target.open(1_000)
+    await (await setup.subscriber.subscribe(topic, group, async () => {})).close()
+    await setup.publisher.publish(
+      ['a', 'b', 'c'].map((name) => ({
+        id: `${topic}-${name}`,
+        topic,
+        key: name,
+        payload: name,
+        headers: {},
+      })),
+    )
+    await setup.close()
+    const broker = await target.open(20, { prefetch: 2, concurrency: 1 })
+    brokers.push(broker)
+    const started = new Received()
+    await broker.subscriber.subscribe(topic, group, async (m) => {
+      started.record(m)
+      await new Promise<void>(() => {})
+    })
+    await target.until(started, () => started.messages.length >= 1, 'the handler to start')
+    let failure: unknown = 'still waiting'
+    void broker.close().then(
+      () => {
+        failure = undefined
+      },
+      (error: unknown) => {
+        failure = error
+      },
+    )
+    await target.until(started, () => failure !== 'still waiting', 'close() to give up')
+    expect(failure).toBeInstanceOf(SubscriptionCloseTimeoutError)
+    expect(started.messages).toHaveLength(1)
   })
 })
