@@ -161,6 +161,10 @@ const reservedQuery = new Set([
  */
 const maxRedisDb = 2_147_483_646
 
+// How long stopReceiving() waits before it sends CLIENT UNBLOCK again, when the read it meant to
+// wake had not reached the server yet: a round trip or two.
+const unblockRetryMs = 5
+
 /** Whether `text` is a database number a Redis server may have, as ioredis reads it (parseInt). */
 function isDbNumber(text: string): boolean {
   return /^\d+$/.test(text) && Number(text) <= maxRedisDb
@@ -1475,9 +1479,29 @@ class RedisSubscriber implements Subscriber {
       stoppingReceipt ??= (async () => {
         receiving = false
         receivingStopped()
-        // Wake the blocked XREADGROUP now instead of after blockMs.
-        await command(options, commands, 'CLIENT', 'UNBLOCK', readerId).catch(() => {})
-        await reading.catch(() => {})
+        // Wake the blocked XREADGROUP now instead of after blockMs. A read sent just before
+        // (the loop sends the next one as soon as a message is read) goes on the reader's own
+        // connection and may reach the server after this UNBLOCK, which then wakes nothing
+        // (it answers 0) and close() took blockMs longer: ask again, a few ms apart, until the
+        // read has ended. A failed UNBLOCK stops asking (the read ends with its connection, or
+        // after blockMs).
+        let readEnded = false
+        const ended = reading.then(
+          () => {
+            readEnded = true
+          },
+          () => {
+            readEnded = true
+          },
+        )
+        while (!readEnded) {
+          const woken = await command(options, commands, 'CLIENT', 'UNBLOCK', readerId).catch(
+            () => undefined,
+          )
+          if (readEnded || woken === undefined || Number(woken) !== 0) break
+          await Promise.race([ended, sleep(options.clock, unblockRetryMs)])
+        }
+        await ended
       })()
       return stoppingReceipt
     }
