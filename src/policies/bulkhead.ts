@@ -9,7 +9,7 @@ import {
   signalRefusal,
 } from '../core/validate.js'
 import { type AbortListener, listenToSignal, parentOf, unlistenToSignal } from './cancel-scope.js'
-import { abortFailure, BulkheadRejectedError } from './errors.js'
+import { abortFailure, BulkheadRejectedError, markTimedOutInQueue } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
 import {
@@ -365,7 +365,12 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
 // such a timeout handed on) is no cancellation by the caller: the call rejects with that very
 // error, which the timeout reports as it is (as a retry's backoff sleep leaves the call to it),
 // never wrapped around an AbortedError that blames the caller. A deadline is the deadline's.
+// Marked as run out in the queue (synchronously, from the abort listener, before the timeout
+// tells a breaker around it): nothing reached the downstream, so the breaker ignores it.
 function queuedAbortFailure(reason: unknown): unknown {
-  if (BreakwaterError.is(reason) && reason.code === 'TIMEOUT') return reason
+  if (BreakwaterError.is(reason) && reason.code === 'TIMEOUT') {
+    markTimedOutInQueue(reason)
+    return reason
+  }
   return abortFailure(reason, false)
 }

@@ -17,7 +17,12 @@ import {
 } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
 import { currentDeadline, currentDeadlineScope } from './deadline.js'
-import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
+import {
+  abortFailure,
+  BrokenCircuitError,
+  IsolatedCircuitError,
+  timedOutInQueue,
+} from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import {
   type FusablePolicy,
@@ -132,14 +137,17 @@ export interface CircuitBreakerOptions {
   /**
    * Which errors count as failures. An error it rejects counts as a success (the downstream
    * answered, the request was wrong), except a refusal on this side, which is not recorded at
-   * all: an inner bulkhead's, or a `DeadlineExceededError` with `started: false` (too little
-   * of the deadline was left to begin the call; nothing reached the downstream). Not asked
+   * all: an inner bulkhead's, a `DeadlineExceededError` with `started: false` (too little
+   * of the deadline was left to begin the call; nothing reached the downstream), or a
+   * `TimeoutError` that ran out while the call still waited in an inner bulkhead's queue
+   * (nothing was sent either). Not asked
    * when the caller cut the call off: its own signal aborted, or its deadline (`withDeadline`,
    * `adoptDeadline`) had passed when the call failed. Such a call is not recorded either (the
    * caller gave up; it proves nothing), whatever the composition and whatever fn threw then
    * (a `DeadlineExceededError` from a timeout clamped to the deadline included), unless it ran
    * `slowCallMs` or longer, which counts as a slow failure. A pipeline's own timeout running
-   * out before the deadline (`TimeoutError`) is the downstream's slowness and still counts.
+   * out before the deadline (`TimeoutError`) once the call got past any bulkhead is the
+   * downstream's slowness and still counts.
    * If it throws, the call rejects with that error and is recorded as `ignored`. Called
    * synchronously: one that returns a promise (an async function), which would read as true
    * for every error, is refused the same way, with `InvalidOptionError` naming
@@ -293,13 +301,17 @@ export function countsAsFailure(error: unknown): boolean {
 
 /**
  * Whether `error` refused the call on this side, before anything reached the downstream: a
- * full bulkhead (local load shedding), or a deadline too short to start the call (the caller's
- * lateness). Either says nothing about the downstream's health, so it is ignored: it neither
+ * full bulkhead (local load shedding), a timeout that ran out while the call waited in a
+ * bulkhead's queue, or a deadline too short to start the call (the caller's lateness). Either says nothing about the downstream's health, so it is ignored: it neither
  * counts as a failure nor closes a half-open circuit.
  */
 function isLocalRefusal(error: unknown): boolean {
   if (!BreakwaterError.is(error)) return false
   if (error.code === 'BULKHEAD_FULL') return true
+  // A timeout inside the breaker that ran out while the call waited in an inner bulkhead's
+  // queue: counted, a deep local queue opened the circuit of a downstream that answered every
+  // request it got.
+  if (error.code === 'TIMEOUT' && timedOutInQueue(error)) return true
   return error.code === 'DEADLINE_EXCEEDED' && (error as { started?: unknown }).started === false
 }
 

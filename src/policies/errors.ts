@@ -123,3 +123,21 @@ export function abortFailure(reason: unknown, started: boolean): BreakwaterError
   const atMs = typeof deadline.deadlineAtMs === 'number' ? deadline.deadlineAtMs : Number.NaN
   return new DeadlineExceededError(atMs, { started })
 }
+
+// Timeouts that ran out while their call still waited in a bulkhead's queue (see
+// markTimedOutInQueue). A WeakSet, not a field: the error is the timeout's own, which the
+// caller sees as it is.
+const timedOutWhileQueued = new WeakSet<object>()
+
+/**
+ * Marks `error`, a timeout that ran out while its call waited in a bulkhead's queue: nothing
+ * reached the downstream, so a circuit breaker around it does not count it. Internal.
+ */
+export function markTimedOutInQueue(error: unknown): void {
+  if (typeof error === 'object' && error !== null) timedOutWhileQueued.add(error)
+}
+
+/** Whether `error` is a timeout that ran out in a bulkhead's queue (see markTimedOutInQueue). Internal. */
+export function timedOutInQueue(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && timedOutWhileQueued.has(error)
+}

@@ -118,12 +118,12 @@ describe('bulkheads: a slow service cannot starve the others', () => {
 })
 
 // The attempt timeout starts before the bulkhead, so a call can run out of it in the queue,
-// nothing sent. The breaker counts that TimeoutError as it counts one in flight; a
-// queueTimeoutMs shorter than the attempt timeout ends the wait first with
-// BulkheadRejectedError, a local refusal the breaker ignores (docs/policies.md says which).
+// nothing sent. The breaker ignores that TimeoutError (nothing reached the downstream: counted,
+// a deep local queue opened the circuit of a service that answered every request it got), as
+// it ignores the BulkheadRejectedError of a queueTimeoutMs shorter than the attempt timeout.
 describe('a wait in the bulkhead queue and the breaker', () => {
   it.each([
-    ['the attempt timeout, counted', undefined, 'open', TimeoutError],
+    ['the attempt timeout, not counted', undefined, 'closed', TimeoutError],
     ['queueTimeoutMs, not counted', 500, 'closed', BulkheadRejectedError],
   ] as const)('ends the wait with %s', async (_name, queueTimeoutMs, breaker, queuedError) => {
     const gate = new Gate()
