@@ -1,4 +1,4 @@
-import { accessSync, constants, mkdirSync, realpathSync, statSync } from 'node:fs'
+import { accessSync, constants, mkdirSync, realpathSync, type Stats, statSync } from 'node:fs'
 import { basename, dirname, resolve, sep } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -645,14 +645,25 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
 /**
  * Creates the file's folders, refusing with `INVALID_OPTION` what cannot hold a database file:
  * a folder given as the file, or a path ending in a separator, `.` or `..` (SQLite says only
- * "unable to open database file", or creates a file named after the last folder), a file where
+ * "unable to open database file", or creates a file named after the last folder), a path that
+ * is no regular file (a device such as /dev/null, a FIFO, a socket), a file where
  * a folder goes (mkdir says "EEXIST: file already exists"), and a folder that cannot be created
  * (`/proc/nope/x.db`, a read-only or forbidden place), each naming the path.
  */
 function prepareFolder(filename: string): void {
   // '/data/new/' named a folder, yet SQLite created a file called new.
-  if (statOf(filename)?.isDirectory() || namesFolder(filename)) {
+  const existing = statOf(filename)
+  if (existing?.isDirectory() || namesFolder(filename)) {
     throw new InvalidOptionError('filename', 'a file, not a folder', filename)
+  }
+  // A device, FIFO or socket can hold no database: SQLite failed on /dev/null with a bare
+  // "disk I/O error" that did not say the path was no file at all.
+  if (existing !== undefined && !existing.isFile()) {
+    throw new InvalidOptionError(
+      'filename',
+      `a regular file (${filename} is ${specialFileKind(existing)})`,
+      filename,
+    )
   }
   // Not mkdirSync({ recursive: true }): on Node 20 it loops forever under /proc, where mkdir
   // answers ENOENT for a parent that stat finds. Walking up to the nearest existing part and
@@ -680,6 +691,15 @@ function prepareFolder(filename: string): void {
       )
     }
   }
+}
+
+// What a path that is neither a file nor a folder is, for the refusal's message.
+function specialFileKind(stats: Stats): string {
+  if (stats.isCharacterDevice()) return 'a character device'
+  if (stats.isBlockDevice()) return 'a block device'
+  if (stats.isFIFO()) return 'a named pipe'
+  if (stats.isSocket()) return 'a socket'
+  return 'not a regular file'
 }
 
 /**

@@ -66,6 +66,21 @@ describe('createSqliteDriver: the folders of its file', () => {
     },
   )
 
+  // /dev/null failed with SQLite's bare "disk I/O error", which does not say that the path is
+  // no file at all.
+  it.runIf(existsSync('/dev/null'))(
+    'refuses a path that is not a regular file (a device), naming what it is',
+    async () => {
+      await expect(createSqliteDriver({ filename: '/dev/null' })).rejects.toThrow(
+        new InvalidOptionError(
+          'filename',
+          'a regular file (/dev/null is a character device)',
+          '/dev/null',
+        ),
+      )
+    },
+  )
+
   // Root may write any folder, so the refusal is seen through a child run as nobody.
   it.runIf(canRunAsNobody())(
     'names the folder this user may not write, for a new file and an existing one',
