@@ -173,7 +173,7 @@ function shown(text: string | undefined): string {
  * end (folder removed meanwhile, disk full) is reported then, with the summary on stdout.
  */
 function jsonFileProblem(file: string): string | undefined {
-  const path = resolve(file)
+  const path = jsonPath(file)
   try {
     if (statSync(path).isDirectory()) return `--json ${file} is a folder, not a file`
     accessSync(path, constants.W_OK)
@@ -192,6 +192,21 @@ function jsonFileProblem(file: string): string | undefined {
       : `--json ${file}: the folder ${folder} is not writable (${messageOf(error)})`
   }
   return undefined
+}
+
+/**
+ * Where `--json <file>` is written: a relative file against the folder the command was typed
+ * in. Run as this package's `npm start` (`npm start -- --json out.json`), that is npm's
+ * `INIT_CWD`: npm runs the script in the package's own folder, where a relative path used to
+ * land instead. Only then: any process started under some npm script inherits `INIT_CWD`, and
+ * one run in another folder (`cd out && breakwater demo --json x.json` in a user's script)
+ * means its own folder.
+ */
+function jsonPath(file: string): string {
+  const env = process.env
+  const byNpmStart =
+    env.npm_lifecycle_event === 'start' && env.npm_package_name === 'breakwater' && env.INIT_CWD
+  return resolve(byNpmStart ? (env.INIT_CWD as string) : process.cwd(), file)
 }
 
 function parseShop(args: readonly string[]): Parsed | string {
@@ -260,6 +275,7 @@ function parseShop(args: readonly string[]): Parsed | string {
     } else if (flag === '--json') {
       const file = value()
       if (file === undefined || file === '') return '--json needs a file name'
+      // Checked as given (its messages quote it), written where jsonPath puts it.
       options.json = file
     } else if (flag === '--no-proxy') {
       options.noProxy = true
@@ -503,7 +519,7 @@ async function runShop(
   if (json !== undefined) {
     const text = JSON.stringify(result, null, 2)
     try {
-      writeFileSync(json, text)
+      writeFileSync(jsonPath(json), text)
     } catch (error) {
       process.stdout.write(`${text}\n`)
       return fail(`cannot write --json ${json}: ${messageOf(error)} (the summary is printed above)`)

@@ -1,6 +1,9 @@
 // `breakwater demo` answers bad arguments with exit 2 and never shows a password they hold:
 // `--db` belongs to the shop, and given to `demo policies` it is quoted back as unknown.
 import { EventEmitter } from 'node:events'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { demoCommand } from '../../src/cli/demo.js'
 import type { SignalTarget } from '../../src/process/index.js'
@@ -172,5 +175,59 @@ describe('breakwater demo --duration 0 and a chaos script', () => {
     const { code, runs } = await runWith(['--duration', '0', '--quiet'])
     expect(code).toBe(0)
     expect(runs.map((r) => r.chaos)).toEqual(['none'])
+  })
+})
+
+// npm runs a script in the package's folder: under `npm start -- --json out.json` a relative
+// path was written there, not in the folder the user typed the command in (npm's INIT_CWD).
+describe('breakwater demo --json under npm', () => {
+  const npmStart = { npm_lifecycle_event: 'start', npm_package_name: 'breakwater' }
+  const otherScript = { npm_lifecycle_event: 'e2e', npm_package_name: 'shop-tests' }
+
+  // Runs the demo with `env` and INIT_CWD set to a new folder; resolves with that folder and the
+  // demo's exit code and stderr.
+  async function runFrom(
+    env: Record<string, string>,
+    args: string[],
+    check: (started: string, code: number, stderr: string) => void,
+  ): Promise<void> {
+    const started = mkdtempSync(join(tmpdir(), 'breakwater-demo-json-'))
+    try {
+      for (const [name, value] of Object.entries({ ...env, INIT_CWD: started }))
+        vi.stubEnv(name, value)
+      let stderr = ''
+      vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+        stderr += String(chunk)
+        return true
+      })
+      vi.spyOn(process.stdout, 'write').mockImplementation(() => true)
+      const loadShop = vi.fn(async () => async () => ({ ok: true }))
+      check(started, await demoCommand(args, { loadShop }), stderr)
+    } finally {
+      vi.unstubAllEnvs()
+      rmSync(started, { recursive: true, force: true })
+    }
+  }
+
+  it('resolves a relative file against the folder npm start was typed in', async () => {
+    await runFrom(npmStart, ['--json', 'summary.json'], (started, code) => {
+      expect(code).toBe(0)
+      expect(JSON.parse(readFileSync(join(started, 'summary.json'), 'utf8'))).toEqual({ ok: true })
+      expect(existsSync(join(process.cwd(), 'summary.json'))).toBe(false)
+    })
+  })
+
+  it('names the folder it resolved to when that folder is missing', async () => {
+    await runFrom(npmStart, ['--json', 'nope/summary.json'], (started, code, stderr) => {
+      expect(code).toBe(2)
+      expect(stderr).toContain(`the folder ${join(started, 'nope')} does not exist`)
+    })
+  })
+
+  it('keeps the current folder for a demo run by another npm script', async () => {
+    await runFrom(otherScript, ['--json', 'nope/summary.json'], (_started, code, stderr) => {
+      expect(code).toBe(2)
+      expect(stderr).toContain(`the folder ${join(process.cwd(), 'nope')} does not exist`)
+    })
   })
 })
