@@ -1,4 +1,4 @@
-import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
+import { type Clock, type TimerHandle, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BrokerError, type BrokerKind } from './errors.js'
 import type { IncomingMessage } from './types.js'
@@ -349,15 +349,14 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       await idle
       return 0
     }
-    const { clock } = this.#options
-    let timer: TimerHandle | undefined
-    const expired = new Promise<void>((resolve) => {
-      timer = clock.setTimeout(resolve, timeoutMs)
-    })
-    // close() is awaited: a process held by nothing else must not exit before it answers.
-    keepProcessAlive(timer)
-    await Promise.race([idle, expired])
-    clock.clearTimeout(timer)
+    // within() holds the process open while it waits: close() is awaited, and a process held
+    // by nothing else must not exit before it answers.
+    const gaveUp = new Error('handlers still running')
+    try {
+      await within(idle, this.#options.clock, timeoutMs, () => gaveUp)
+    } catch (error) {
+      if (error !== gaveUp) throw error
+    }
     return this.#running
   }
 

@@ -1,12 +1,6 @@
 import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
-import {
-  type Clock,
-  keepProcessAlive,
-  maxTimerDelayMs,
-  sleep,
-  type TimerHandle,
-} from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, sleep, type TimerHandle, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BreakwaterError, describeValue, InvalidOptionError } from '../core/errors.js'
 import {
@@ -747,15 +741,17 @@ class QueueSubscription implements Subscription {
   // the driver bounds that.
   async #loopEnded(): Promise<number> {
     const { clock, closeTimeoutMs } = this.#options
-    let timer: TimerHandle | undefined
-    const expired = new Promise<boolean>((resolve) => {
-      timer = clock.setTimeout(() => resolve(true), closeTimeoutMs)
-    })
-    // The caller is blocked on close(): with a handler stuck on nothing that holds the process
-    // (and on SQLite nothing else does once shutdown began), it exited mid-close instead.
-    keepProcessAlive(timer)
-    const timedOut = await Promise.race([this.#loop.then(() => false), expired])
-    clock.clearTimeout(timer)
+    // within() holds the process open while it waits: the caller is blocked on close(), and
+    // with a handler stuck on nothing that holds the process (on SQLite nothing else does once
+    // shutdown began) it exited mid-close instead.
+    const gaveUp = new Error('handlers still running')
+    let timedOut = false
+    try {
+      await within(this.#loop, clock, closeTimeoutMs, () => gaveUp)
+    } catch (error) {
+      if (error !== gaveUp) throw error
+      timedOut = true
+    }
     if (!timedOut || this.#running === 0) {
       await this.#loop
       return 0
