@@ -6,6 +6,7 @@ import { type Counter, metrics } from '@opentelemetry/api'
 import { BreakwaterError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
+import { LruCache } from '../stores/lru.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
 import type { IncomingMessage } from './types.js'
 
@@ -93,7 +94,7 @@ function deadLetters(): Counter {
 }
 
 // Last errors of messages whose onDeadLetter failed, kept for the hook's next try: bounded,
-// oldest dropped first (its next try then gets a DeliveryLimitError instead).
+// the least recently used dropped first (its next try then gets a DeliveryLimitError instead).
 const rememberedLimit = 1_024
 
 /**
@@ -147,18 +148,13 @@ export function withDeliveryLimit(
     'deliveryLimit.onDeadLetter',
     options.onDeadLetter,
   )
-  const remembered = new Map<string, unknown>()
+  const remembered = new LruCache<string, unknown>(rememberedLimit)
 
   const deadLetter = async (message: IncomingMessage, error: unknown): Promise<void> => {
     try {
       await onDeadLetter(message, error)
     } catch (hookError) {
-      remembered.delete(message.id)
       remembered.set(message.id, error)
-      if (remembered.size > rememberedLimit) {
-        const oldest = remembered.keys().next().value
-        if (oldest !== undefined) remembered.delete(oldest)
-      }
       throw new DeliveryLimitError(
         message,
         max,

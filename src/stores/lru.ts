@@ -36,6 +36,11 @@ export class LruCache<K, V> {
     this.#entries.set(key, value)
   }
 
+  /** Removes the entry for `key`, if any. */
+  delete(key: K): void {
+    this.#entries.delete(key)
+  }
+
   /** Removes every entry. */
   clear(): void {
     this.#entries.clear()
