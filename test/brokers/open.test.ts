@@ -122,6 +122,18 @@ describe('adapter options', () => {
         'redis.retryDelayMs',
       ],
       [
+        () => createNatsBroker({ url: 'nats://127.0.0.1', closeTimeoutMs: -1 }),
+        'nats.closeTimeoutMs',
+      ],
+      [
+        () => createRabbitMqBroker({ url: 'amqp://127.0.0.1', closeTimeoutMs: 1.5 }),
+        'rabbitmq.closeTimeoutMs',
+      ],
+      [
+        () => createRedisBroker({ url: 'redis://127.0.0.1', closeTimeoutMs: Number.NaN }),
+        'redis.closeTimeoutMs',
+      ],
+      [
         () => createRedisBroker({ url: 'redis://127.0.0.1', consumerName: '' }),
         'redis.consumerName',
       ],

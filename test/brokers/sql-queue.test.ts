@@ -413,6 +413,10 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
       InvalidOptionError,
     )
     expect(() => createSqlQueue(t.db, { prefetch: 0 })).toThrow(InvalidOptionError)
+    for (const closeTimeoutMs of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY])
+      expect(() => createSqlQueue(t.db, { closeTimeoutMs })).toThrow(
+        expect.objectContaining({ code: 'INVALID_OPTION', option: 'sqlQueue.closeTimeoutMs' }),
+      )
   })
 
   it('refuses ids, topics, keys and groups the database cannot store exactly (NUL, lone surrogates)', async () => {
