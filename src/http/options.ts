@@ -198,7 +198,8 @@ export type HttpRequestBody =
       /** Not together with `json`. */
       readonly body?: undefined | undefined
       /**
-       * A value to send as JSON (sets `content-type: application/json` unless given). Not
+       * A value to send as JSON (sets `content-type: application/json` unless this call's
+       * `headers` give one; a service's default content-type does not apply to it). Not
        * together with `body`. A value `JSON.stringify` cannot serialize (a function, a symbol, a
        * BigInt, a cycle) is refused with `InvalidOptionError`.
        * @default undefined

@@ -612,8 +612,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     const method = rawMethod.toUpperCase()
     const path = checkPath(options.path)
     const target = this.#base.basePath + appendQuery(options.path, options.query)
-    const headers: Record<string, string | string[]> = { ...this.#defaultHeaders }
-    addHeaders(headers, 'request.headers', options.headers)
+    const callHeaders: Record<string, string | string[]> = {}
+    addHeaders(callHeaders, 'request.headers', options.headers)
+    const headers: Record<string, string | string[]> = { ...this.#defaultHeaders, ...callHeaders }
     // With propagation on, the deadline header is the client's: each attempt sends the budget
     // it knows as of the write, or none when it knows none (as deadlineHeaderValue() gives none).
     // A caller's value (inbound headers forwarded as they came, a service default) is dropped
@@ -630,7 +631,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         throw new InvalidOptionError('request.body', 'undefined when json is given', raw.body)
       refuseBodyFor(method, 'request.json', raw.json)
       body = jsonBody(raw.json)
-      if (headers['content-type'] === undefined) headers['content-type'] = 'application/json'
+      // A service's default content-type is for bodies given as they are; JSON is JSON unless
+      // the call itself names another type (application/merge-patch+json, ...).
+      if (callHeaders['content-type'] === undefined) headers['content-type'] = 'application/json'
     } else if (options.body !== undefined) {
       refuseBodyFor(method, 'request.body', options.body)
       if (typeof options.body !== 'string' && !(options.body instanceof Uint8Array))
