@@ -25,7 +25,10 @@ export type LabelValues = Readonly<Record<string, string | number | boolean>>
 export interface MetricOptions {
   /** The metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, unique in the registry. Required. */
   readonly name: string
-  /** One line saying what it measures (shown as `# HELP`). Required. */
+  /**
+   * One line saying what it measures (shown as `# HELP`). Required. Line feeds are escaped;
+   * other control characters (but tab) and lone surrogates are refused.
+   */
   readonly help: string
   /**
    * The label names every series of the metric carries: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
@@ -254,6 +257,11 @@ export function escapeLabelValue(value: string): string {
   return encodable.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
 }
 
+/** What `# HELP` cannot carry (tab and line feed it can: the latter is escaped). */
+const unwritableInHelp =
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+  /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|[\u0000-\u0008\u000B-\u001F\u007F-\u009F\u2028\u2029]/
+
 /** Escapes `# HELP` text: backslash and line feed. */
 export function escapeHelp(text: string): string {
   return text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')
@@ -320,6 +328,16 @@ abstract class Metric<S> implements Renderable {
     this.name = options.name
     if (typeof options.help !== 'string' || options.help === '')
       throw new InvalidOptionError(`${kind}.help`, 'a non-empty string', options.help)
+    // `# HELP` escapes only backslash and line feed; any other line break, control character
+    // or lone surrogate would cut or corrupt the scrape, and help text is the author's, not
+    // data, so it is refused here rather than marked like a label value.
+    const unwritable = unwritableInHelp.exec(options.help)
+    if (unwritable !== null)
+      throw new InvalidOptionError(
+        `${kind}.help`,
+        `text without control characters other than tab and line feed, and without lone surrogates (found U+${unwritable[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')})`,
+        options.help,
+      )
     this.help = options.help
     const names = options.labelNames ?? []
     if (!Array.isArray(names))
