@@ -208,12 +208,24 @@ async function runProxy(
   if (parsed.check || early === undefined) {
     try {
       const config = await loadProxyConfig(file, overrides)
-      const { checkEnvSecrets } = await import('../proxy/config/env-secrets.js')
-      // Refused as the start refuses them (CONFIG_INVALID, listed as the loader lists problems).
-      checkEnvSecrets(config, file, { services: process.env, admin: env })
+      const { envSecretProblems } = await import('../proxy/config/env-secrets.js')
       const { unusableFiles } = await import('../proxy/config/files.js')
-      const { capped, echo, moreProblems } = await import('../proxy/config/errors.js')
+      const { capped, echo, moreProblems, ConfigInvalidError } = await import(
+        '../proxy/config/errors.js'
+      )
       const missing = unusableFiles(config)
+      // Refused as the start refuses them (CONFIG_INVALID, listed as the loader lists problems),
+      // with the files that cannot be used listed too: the start would stop at those next.
+      const envProblems = envSecretProblems(config, { services: process.env, admin: env })
+      if (envProblems.length > 0) {
+        const fileProblems = missing.map((p) => ({
+          path: p.path,
+          message: `${echo(p.file)}: ${p.reason}`,
+          line: undefined,
+          column: undefined,
+        }))
+        throw new ConfigInvalidError(file, [...envProblems, ...fileProblems])
+      }
       if (missing.length > 0) {
         // Listed as the loader lists problems: the first 50, and each path cut as a value is.
         const { listed, more } = capped(missing)

@@ -202,3 +202,19 @@ describe('breakwater proxy', () => {
     }
   })
 })
+
+describe('--check with an { env } problem and a file that cannot be used', () => {
+  // Both stop the proxy from starting: listing only the variable would send the operator back
+  // for a second round once it is set.
+  it('lists both, the variable and the file', async () => {
+    const missing = join(dir, 'no-such-token')
+    const yaml = `services:\n  orders: { endpoints: [http://127.0.0.1:1], auth: { bearer: { env: ${variable} } } }\n  billing: { endpoints: [http://127.0.0.1:1], auth: { bearer: { file: ${missing} } } }\n${listeners}`
+    const { code, text } = await check(yaml, {})
+    expect(code).toBe(1)
+    expect(text).toContain(
+      `services.orders.auth.bearer.env: environment variable ${variable}: not set`,
+    )
+    expect(text).toContain('services.billing.auth.bearer.file:')
+    expect(text).toContain('no-such-token')
+  })
+})
