@@ -4,8 +4,9 @@ import { BreakwaterError } from '../core/errors.js'
  * How a failure should be treated:
  * - `transient`: worth retrying and counts against the downstream's health (timeouts, refused or
  *   reset connections, HTTP 408/429/502/503/504, a database's deadlock, serialization failure or
- *   lock held elsewhere: PostgreSQL 40001, 40P01, 55P03, 53300, 57P01, 57P03, SQLite
- *   `SQLITE_BUSY*`/`SQLITE_LOCKED*`);
+ *   lock held elsewhere: PostgreSQL 40001, 40P01, 55P03, 53300, 57P01, 57P03; a cancelled
+ *   statement or ended session: 57014, 25P03, 57P02, class 08 and pg's "Connection terminated
+ *   unexpectedly"; SQLite `SQLITE_BUSY*`/`SQLITE_LOCKED*`);
  * - `permanent`: the request itself is wrong (other 4xx, validation, caller abort); never retried,
  *   never held against the downstream;
  * - `unknown`: anything else (a plain `Error` from user code). Not retried, because retrying
@@ -43,6 +44,18 @@ const transientCodes = new Set([
   '53300',
   '57P01',
   '57P03',
+  // The statement was cancelled (statement_timeout, a cancel request), the server ended the
+  // session (idle_in_transaction_session_timeout, a crash of another backend) or the
+  // connection failed (class 08): running it again can succeed. As on a reset connection, a
+  // COMMIT cut off this way may have been applied: retry only what is safe to repeat.
+  '57014',
+  '25P03',
+  '57P02',
+  '08000',
+  '08001',
+  '08003',
+  '08004',
+  '08006',
   // SQLite (better-sqlite3's `code`): another connection holds the lock the statement needs.
   'SQLITE_BUSY',
   'SQLITE_BUSY_SNAPSHOT',
@@ -50,6 +63,16 @@ const transientCodes = new Set([
   'SQLITE_BUSY_TIMEOUT',
   'SQLITE_LOCKED',
   'SQLITE_LOCKED_SHAREDCACHE',
+])
+
+// pg's messages, fixed in its source, for a connection lost without an error from the server:
+// the socket closed under a statement, a connect that ran out of time, a statement past
+// query_timeout (its connection is destroyed). 'Connection terminated' alone is the client's
+// own end(), not a failure of the server.
+const pgConnectionLost = new Set<unknown>([
+  'Connection terminated unexpectedly',
+  'Connection terminated due to connection timeout',
+  'Query read timeout',
 ])
 
 /** True for the HTTP statuses the seed calls transient: 408, 429, 502, 503, 504. */
@@ -88,6 +111,10 @@ function classifyDepth(error: unknown, depth: number): FailureKind {
   if (typeof code === 'string' && transientCodes.has(code)) return 'transient'
   const name = (error as { name?: unknown }).name
   if (name === 'TimeoutError') return 'transient'
+  // pg reports a connection the server closed (a terminated backend, a restart) and its own
+  // query_timeout with no code: the same failures as ECONNRESET and ETIMEDOUT.
+  if (typeof code !== 'string' && pgConnectionLost.has((error as { message?: unknown }).message))
+    return 'transient'
   if (name === 'AbortError') return 'permanent'
   const cause = (error as { cause?: unknown }).cause
   // fetch() reports every network failure as TypeError('fetch failed') with the real error as cause.

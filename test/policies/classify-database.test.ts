@@ -8,7 +8,9 @@ import Database from 'better-sqlite3'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { classifyFailure } from '../../src/policies/classify.js'
+import { openDatabase } from '../../src/stores/open.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
+import { until } from '../support/until.js'
 
 describe('classifyFailure on PostgreSQL errors', () => {
   let database: TestDatabase
@@ -62,6 +64,60 @@ describe('classifyFailure on PostgreSQL errors', () => {
     expect(failures).toHaveLength(1)
     expect(failures[0]).toMatchObject({ code: '40P01' })
     expect(classifyFailure(failures[0])).toBe('transient')
+  })
+
+  it('a statement timeout (57014) is transient', async () => {
+    const a = await connect()
+    await a.query('SET statement_timeout = 20')
+    const error = await a.query('SELECT pg_sleep(5)').catch((e: unknown) => e)
+    await a.query('SET statement_timeout = 0')
+    expect(error).toMatchObject({ code: '57014' })
+    expect(classifyFailure(error)).toBe('transient')
+  })
+
+  it('a session ended by idle_in_transaction_session_timeout (25P03) is transient', async () => {
+    const admin = await connect()
+    const db = await openDatabase(`${database.url}?idle_in_transaction_session_timeout=20`)
+    try {
+      const error = await db
+        .transaction(async (tx) => {
+          const [row] = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
+          // Waits for the server to end the idle session (no clock of ours drives it).
+          await until(async () => {
+            const { rows } = await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [
+              row!.pid,
+            ])
+            return rows.length === 0
+          }, 'the idle session to be ended')
+          await tx.query('SELECT 2')
+        })
+        .catch((e: unknown) => e)
+      expect((error as Error).cause).toMatchObject({ code: '25P03' })
+      expect(classifyFailure(error)).toBe('transient')
+    } finally {
+      await db.close()
+    }
+  })
+
+  it('a connection the server closed mid-statement is transient', async () => {
+    const a = await connect()
+    a.on('error', () => {})
+    const admin = await connect()
+    const { pid } = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0] as { pid: number }
+    const running = a.query('SELECT pg_sleep(5)').catch((e: unknown) => e)
+    await until(async () => {
+      const { rows } = await admin.query(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'",
+        [pid],
+      )
+      return rows.length === 1
+    }, 'the statement to run')
+    await admin.query('SELECT pg_terminate_backend($1)', [pid])
+    expect(await running).toMatchObject({ code: '57P01' })
+    // What the next statement on that client gets: pg's own error, with no SQLSTATE.
+    const next = await a.query('SELECT 1').catch((e: unknown) => e)
+    expect(next).toMatchObject({ message: 'Connection terminated unexpectedly' })
+    expect(classifyFailure(next)).toBe('transient')
   })
 
   it('a constraint violation (23505) stays unknown', async () => {
