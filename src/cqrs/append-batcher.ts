@@ -1,3 +1,4 @@
+import { rolledBackByServer } from '../stores/errors.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
   type AloneExpectation,
@@ -129,7 +130,7 @@ export class AppendBatcher {
     try {
       outcomes = await this.#many(batch.map((q) => q.append))
     } catch (error) {
-      if (!rolledBack(error)) {
+      if (!rolledBackByServer(error)) {
         for (const q of batch) q.reject(error)
         return
       }
@@ -309,19 +310,4 @@ async function appendThroughFunction(db: SqlExecutor, a: BatchedAppend): Promise
     deleted: row.r_deleted === true,
     positions: row.r_positions === null ? null : row.r_positions.map(Number),
   }
-}
-
-/**
- * Whether a failed statement certainly wrote nothing: PostgreSQL answered it with an error
- * response (a SQLSTATE and a severity, which Node's own socket errors lack), so the statement's
- * autocommit transaction rolled back. Connection exceptions (class 08), shutdowns (57P0x) and
- * internal errors (class XX) are treated as unknown outcomes, like a lost connection.
- */
-function rolledBack(error: unknown): boolean {
-  if (typeof error !== 'object' || error === null) return false
-  const { code, severity } = error as { code?: unknown; severity?: unknown }
-  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || typeof severity !== 'string') {
-    return false
-  }
-  return !code.startsWith('08') && !code.startsWith('57P0') && !code.startsWith('XX')
 }

@@ -1,6 +1,7 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
 import type { Jsonified } from '../core/jsonified.js'
 import { checkStoredName } from '../core/text.js'
+import { rolledBackByServer } from '../stores/errors.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError, IdempotencyReleaseError } from './errors.js'
@@ -122,6 +123,12 @@ export class Execution {
   // Whether a phase runs now: ctx.tx is held (refused) meanwhile, and so is another phase.
   #phaseRunning = false
   #onLeaseLost: ((error: IdempotencyInProgressError) => void) | undefined
+  /**
+   * Set when a phase's commit failed without a word on whether it happened (the connection was
+   * lost after COMMIT was sent): the phase and its recorded result may be in the database,
+   * unknown to #phases. See {@link Execution.release}.
+   */
+  #phaseInDoubt: { readonly error: unknown } | undefined
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
@@ -205,6 +212,10 @@ export class Execution {
     checkStoredName('ctx.phase(name)', name)
     if (Object.hasOwn(this.#phases, name)) return phaseValue<T>(this.#phases[name] as WrappedPhase)
     if (this.#expired) throw this.#leaseLost()
+    // A phase saves every phase it knows of: after one in doubt, a later save would drop it
+    // from the record if it had committed, and a takeover would run it (its charge) again.
+    // Running it again here would, too. Only a holder that reads the record knows.
+    if (this.#phaseInDoubt !== undefined) throw this.#phaseInDoubt.error
     if (this.#settled) {
       throw new TransactionMisuseError(
         'ctx.phase() was called after the idempotent result was recorded',
@@ -262,6 +273,7 @@ export class Execution {
         // A store whose commit checks the lease again (memory, Redis) refuses with its own
         // error: answered as any lost lease, with the configured retryAfterMs and the event.
         if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
+        if (commitInDoubt(store.dialect, error)) this.#phaseInDoubt = { error }
         throw error
       }
     } finally {
@@ -301,8 +313,11 @@ export class Execution {
       // still safe: it deletes only an in-progress record held by this lease. A claim made in
       // the transaction has nothing to release: it committed or it is gone.
       // If that fails too (the same outage, most likely), the key stays held until its lease
-      // ends: published, but the commit's error is the one thrown.
-      if (!this.#claimInTx) await this.#releaseRecord().catch(() => {})
+      // ends: published, but the commit's error is the one thrown. After a phase in doubt the
+      // key is kept (see release()).
+      if (!this.#claimInTx && this.#phaseInDoubt === undefined) {
+        await this.#releaseRecord().catch(() => {})
+      }
       throw error
     }
   }
@@ -328,13 +343,19 @@ export class Execution {
    * `release-failed` event published) when the store fails to delete the record: the key then
    * stays held until its lease ends, and the caller must report that, since every retry until
    * then is answered in-progress.
+   *
+   * After a phase whose commit is in doubt (the connection was lost after its COMMIT was sent)
+   * the key is kept as {@link abandon} keeps it: deleting the record, or ending the lease with
+   * the phases known here, would drop that phase's recorded result if it did commit, and the
+   * retry would run it again. The retry takes the key over once the lease ends and resumes
+   * after whatever phases did commit.
    */
   async release(): Promise<void> {
     this.#settle()
     await this.#tx.rollback()
     // A claim made in the transaction was rolled back with it: the key is free again.
     if (this.#claimInTx) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
-    else await this.#releaseRecord()
+    else if (this.#phaseInDoubt === undefined) await this.#releaseRecord()
   }
 
   // Deletes the record, fenced by the token: after a takeover nothing goes (and nothing is
@@ -373,6 +394,18 @@ export class Execution {
       throw error
     }
   }
+}
+
+/**
+ * Whether a failed commit may have happened all the same: on PostgreSQL, unless the server
+ * answered with an error (the transaction rolled back) or the driver found the transaction
+ * already failed (answered with ROLLBACK). A SQLite commit runs in process and ends one way or
+ * the other; the memory and Redis stores (whose dialect is 'sqlite' here) commit as one step
+ * whose failure they report.
+ */
+function commitInDoubt(dialect: string | undefined, error: unknown): boolean {
+  if (dialect !== 'postgres') return false
+  return !(error instanceof TransactionMisuseError) && !rolledBackByServer(error)
 }
 
 function phaseMisuse(): TransactionMisuseError {

@@ -257,3 +257,20 @@ export function sqlErrorKind(error: unknown): SqlErrorKind {
     return 'busy'
   return 'other'
 }
+
+/**
+ * Whether a failed PostgreSQL statement (or transaction) certainly wrote nothing: the server
+ * answered it with an error response (a SQLSTATE and a severity, which Node's own socket errors
+ * lack), so its transaction rolled back. Connection exceptions (class 08), shutdowns (57P0x)
+ * and internal errors (class XX) are unknown outcomes, like a lost connection: a connection
+ * lost after COMMIT was sent may have committed. Internal: the callers decide what an unknown
+ * outcome must not be followed by (a retry, a release).
+ */
+export function rolledBackByServer(error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false
+  const { code, severity } = error as { code?: unknown; severity?: unknown }
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || typeof severity !== 'string') {
+    return false
+  }
+  return !code.startsWith('08') && !code.startsWith('57P0') && !code.startsWith('XX')
+}

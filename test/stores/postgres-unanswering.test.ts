@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createPostgresDriver, type PostgresDriver } from '../../src/stores/postgres.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
-import { startTcpFaultProxy, type TcpFaultProxy } from '../support/tcp-fault-proxy.js'
+import { proxiedUrl, type TcpFaultProxy } from '../support/tcp-fault-proxy.js'
 
 describe('PostgreSQL driver facing a server that stops answering', () => {
   let database: TestDatabase
@@ -13,12 +13,10 @@ describe('PostgreSQL driver facing a server that stops answering', () => {
 
   beforeAll(async () => {
     database = await createTestDatabase('pg-unanswering')
-    const url = new URL(database.url)
-    proxy = await startTcpFaultProxy(url.hostname, Number(url.port))
-    url.hostname = '127.0.0.1'
-    url.port = String(proxy.port)
+    const proxied = await proxiedUrl(database.url)
+    proxy = proxied.proxy
     db = await createPostgresDriver({
-      connectionString: url.toString(),
+      connectionString: proxied.url,
       maxConnections: 1,
       queryTimeoutMs: 300,
     })

@@ -15,6 +15,13 @@ export interface TcpFaultProxy {
   dropServerBytes(on: boolean): void
   /** Destroys every open connection, on both sides, as a crashed peer or router would. */
   severAll(): void
+  /**
+   * PostgreSQL only: the next connection whose client sends `COMMIT` is cut as soon as the
+   * server answers it, and the answer is dropped. The commit happened, but the client sees a
+   * lost connection: the ambiguous outcome of a connection killed after COMMIT was sent.
+   * Resolves once that connection has been cut.
+   */
+  cutAfterCommit(): Promise<void>
   /** Severs everything and stops listening. */
   close(): Promise<void>
 }
@@ -23,6 +30,8 @@ export interface TcpFaultProxy {
 export async function startTcpFaultProxy(host: string, port: number): Promise<TcpFaultProxy> {
   const sockets = new Set<Socket>()
   let dropping = false
+  // Armed by cutAfterCommit: called with the connection whose client sent COMMIT.
+  let onCommit: ((client: Socket, upstream: Socket) => void) | undefined
   const track = (socket: Socket): void => {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
@@ -33,8 +42,22 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     const upstream = tcpConnect({ host, port })
     track(client)
     track(upstream)
-    client.on('data', (chunk) => upstream.write(chunk))
+    // Set once this connection's COMMIT went out: the server's answer to it ends the connection.
+    let cutOnAnswer: (() => void) | undefined
+    client.on('data', (chunk: Buffer) => {
+      upstream.write(chunk)
+      // A simple-protocol COMMIT (how pg sends client.query('COMMIT')): its text and NUL.
+      if (onCommit !== undefined && chunk.includes('COMMIT\0')) {
+        const armed = onCommit
+        onCommit = undefined
+        cutOnAnswer = () => armed(client, upstream)
+      }
+    })
     upstream.on('data', (chunk) => {
+      if (cutOnAnswer !== undefined) {
+        cutOnAnswer()
+        return
+      }
       if (!dropping) client.write(chunk)
     })
     client.on('close', () => upstream.destroy())
@@ -50,9 +73,29 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
       dropping = on
     },
     severAll,
+    cutAfterCommit: () =>
+      new Promise<void>((resolve) => {
+        onCommit = (client, upstream) => {
+          client.destroy()
+          upstream.destroy()
+          resolve()
+        }
+      }),
     close: async () => {
       severAll()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     },
   }
+}
+
+/**
+ * A fault proxy in front of the server of a database URL (`postgres://...`), and the same URL
+ * pointed at the proxy: what a test opens its driver with.
+ */
+export async function proxiedUrl(url: string): Promise<{ proxy: TcpFaultProxy; url: string }> {
+  const target = new URL(url)
+  const proxy = await startTcpFaultProxy(target.hostname, Number(target.port))
+  target.hostname = '127.0.0.1'
+  target.port = String(proxy.port)
+  return { proxy, url: target.toString() }
 }
