@@ -1,8 +1,9 @@
 // A phase whose COMMIT reached PostgreSQL but whose answer was lost (the connection cut right
 // after the server committed): the phase's write and its recorded result are in, but the
 // handler sees a connection error and fails. Releasing the key then must not forget the
-// committed phase, or the retry runs it (its charge) a second time. Real PostgreSQL, with a
-// TCP proxy that cuts the connection as the server answers COMMIT.
+// committed phase, or the retry runs it (its charge) a second time. Likewise the release after
+// the result's own COMMIT went unanswered must leave the completed record. Real PostgreSQL, with
+// a TCP proxy that cuts the connection as the server answers COMMIT.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import {
   createIdempotency,
@@ -95,3 +96,25 @@ for (const [cut, label] of [
     expect(third).toBe('done')
   })
 }
+
+it("never deletes the record whose result's COMMIT committed unanswered", async () => {
+  const { db, proxy } = opened()
+  const key = 'k-result'
+  const idempotency = createIdempotency({ store: createSqlIdempotencyStore(db), leaseMs })
+  let armed = true
+  const run = () =>
+    idempotency.run(key, async (ctx) => {
+      await ctx.tx.execute('INSERT INTO charges (key, phase) VALUES ($1, $2)', [key, 'result'])
+      // The result's write and COMMIT go out together once fn returns.
+      if (armed) void proxy.cutAfterCommit()
+      armed = false
+      return 'charged'
+    })
+  const first = await run().catch((error: unknown) => error)
+  expect(first).toBeInstanceOf(Error)
+  // The server had the COMMIT before the cut; the release that followed the error waited for
+  // its row lock, then found the record completed and left it.
+  expect(await charges(key)).toEqual(['result'])
+  await expect(run()).resolves.toBe('charged')
+  expect(await charges(key)).toEqual(['result'])
+})
