@@ -52,7 +52,7 @@ export type SagaEventType =
    * The database failed a claim, renewal or state write, or a claimed instance's stored state
    * cannot be read or its step index names none of its steps (`sagaId`, `STORED_DATA_INVALID`:
    * its state is left as it is, and it is held for a minute before it is tried again); the
-   * worker carries on.
+   * worker carries on. `phase` names what failed.
    */
   | 'error'
 
@@ -94,7 +94,25 @@ export interface SagaEvent {
   readonly previousOwner?: string
   /** For `recovered`: milliseconds from the old lease's expiry to the takeover. */
   readonly recoveryMs?: number
+  /** For `error`: what failed (see {@link SagaErrorPhase}). */
+  readonly phase?: SagaErrorPhase
 }
+
+/**
+ * What an `error` event's failure stopped: the database's own error (a lock timeout, a lost
+ * connection) says nothing of which statement it ended.
+ * - `claim`: a claim of due instances (retried after a backoff), or a claimed instance that
+ *   cannot be run (`sagaId`, `STORED_DATA_INVALID`);
+ * - `renew`: the renewal of the leases of the instances in hand (retried at the next
+ *   interval; a lease that runs out meanwhile is taken over by another worker);
+ * - `run`: an instance's run (`sagaId`, `step`), mostly the write of its state: the run is
+ *   given up and the instance resumed from its stored state once its lease runs out, its
+ *   step run again;
+ * - `hold`: the hold of an instance whose stored state cannot be read;
+ * - `missing-definitions`: the look for instances of definitions no worker has;
+ * - `listen`: the subscription to start notifications (polling still finds every saga).
+ */
+export type SagaErrorPhase = 'claim' | 'renew' | 'run' | 'hold' | 'missing-definitions' | 'listen'
 
 /** In-process counters of a saga worker since it was created. */
 export interface SagaWorkerMetrics {

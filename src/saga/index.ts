@@ -64,7 +64,7 @@ export {
   SagaStateConflictError,
   SagaWorkerStoppedError,
 } from './errors.js'
-export type { SagaEvent, SagaEventType, SagaWorkerMetrics } from './events.js'
+export type { SagaErrorPhase, SagaEvent, SagaEventType, SagaWorkerMetrics } from './events.js'
 export type { SagaFaultPoint, SagaFaultSite, SagaFaults } from './faults.js'
 export { sagaCrashAtFromEnv, sagaFaultPoints } from './faults.js'
 export type {

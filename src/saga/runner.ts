@@ -239,11 +239,15 @@ export class InstanceRun {
   /** Runs the instance until it finishes, suspends, is released or lost. */
   async run(): Promise<RunOutcome> {
     if (this.#halted !== undefined) return this.#halted
+    // The step being run (or compensated) when a failure ends the run: the index has moved on
+    // by the time the write that records its outcome fails.
+    let working: string | null = null
     try {
       if (this.#previousOwner !== null) this.#recovered(this.#previousOwner)
       if (!this.#definitionMatches()) return await this.#parkMismatch()
       for (;;) {
         if (this.#halted !== undefined) return this.#halted
+        working = this.#currentStepName()
         let next: Step
         if (this.#status === 'running') next = await this.#forward()
         else if (this.#status === 'compensating') next = await this.#compensate()
@@ -254,13 +258,18 @@ export class InstanceRun {
       if (error instanceof Abandon) return 'abandoned'
       if (this.#halted !== undefined) return this.#halted
       this.#host.count('errors')
-      this.#emit({ type: 'error', error: errorInfo(error) })
+      this.#emit({
+        type: 'error',
+        phase: 'run',
+        ...(working === null ? {} : { step: working }),
+        error: errorInfo(error),
+      })
       // A row it needs cannot be read (a reply, a timeline detail: see StoredDataError): held
       // as an instance whose state cannot be read is, not retried at every lease until fixed.
       // What this run wrote before stays; the step that needs the row runs once it is fixed.
       if (error instanceof StoredDataError) {
         await holdUnreadable(this.#host.db, this.id, this.token, this.#host.clock).catch(
-          (held: unknown) => this.#emit({ type: 'error', error: errorInfo(held) }),
+          (held: unknown) => this.#emit({ type: 'error', phase: 'hold', error: errorInfo(held) }),
         )
       }
       return 'abandoned'

@@ -30,6 +30,7 @@ import {
   emptyMetrics,
   type MutableSagaMetrics,
   publishSagaEvent,
+  type SagaErrorPhase,
   type SagaEvent,
   type SagaWorkerMetrics,
   sagaInstruments,
@@ -459,7 +460,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     const listened = await listening
     if (listened !== undefined) {
       // Polling still finds every saga; NOTIFY only makes it quicker.
-      if ('error' in listened) this.#error(listened.error)
+      if ('error' in listened) this.#error(listened.error, 'listen')
       // stop() came while subscribing: it could not unsubscribe what it did not have yet.
       else if (this.#state !== 'running') await listened.unlisten().catch(() => {})
       else this.#unlisten = listened.unlisten
@@ -560,7 +561,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
           }
         } catch (error) {
           failures++
-          this.#error(error)
+          this.#error(error, 'claim')
         }
       }
       await this.#idle(
@@ -641,7 +642,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         this.emit({ type: 'definition-missing', saga: m.name, version: m.version, count: m.count })
       })
     } catch (error) {
-      this.#error(error)
+      this.#error(error, 'missing-definitions')
     } finally {
       this.#missingChecking = false
     }
@@ -675,11 +676,11 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         // thrown, it failed the whole claim, and every claim after it took it again. Its state
         // is left as it is; it is held for unreadableHoldMs, so that it is tried (and reported)
         // again once a minute, not at every lease (800 ms by default), until someone fixes it.
-        this.#error(error, row.id)
+        this.#error(error, 'claim', row.id)
         const token = this.#claimedToken(row, error)
         if (token !== undefined)
           await holdUnreadable(this.db, row.id, token, this.clock).catch((renewal: unknown) =>
-            this.#error(renewal),
+            this.#error(renewal, 'hold', row.id),
           )
         continue
       }
@@ -721,7 +722,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       return claimedLeaseToken(row)
     } catch (refused) {
       const reported = error instanceof StoredDataError && error.column === 'lease_token'
-      if (!reported) this.#error(refused, row.id)
+      if (!reported) this.#error(refused, 'claim', row.id)
     }
     const token = readStoredNumber(row.lease_token)
     return token !== undefined && Math.abs(token) < 2 ** 53 ? token : undefined
@@ -909,17 +910,18 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         else run.markLost('renewal-refused')
       }
     } catch (error) {
-      this.#error(error)
+      this.#error(error, 'renew')
     } finally {
       this.#renewing = false
       if (this.#inHand.size > 0) this.#ensureRenewals()
     }
   }
 
-  #error(error: unknown, sagaId?: string): void {
+  #error(error: unknown, phase: SagaErrorPhase, sagaId?: string): void {
     this.#metrics.errors++
     this.emit({
       type: 'error',
+      phase,
       ...(sagaId === undefined ? {} : { sagaId }),
       error: errorInfo(error),
     })
