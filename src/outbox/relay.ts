@@ -1555,7 +1555,7 @@ class OutboxRelay implements Relay {
     let timer: TimerHandle | undefined
     const timedOut = new Promise<never>((_, reject) => {
       timer = this.#clock.setTimeout(() => {
-        const error = new TimeoutError(this.#publishTimeoutMs)
+        const error = publishTimeoutError(this.#publishTimeoutMs, messages)
         controller.abort(error)
         reject(error)
       }, this.#publishTimeoutMs)
@@ -1818,4 +1818,26 @@ function storedHeaders(row: OutboxRow): Record<string, string> {
  */
 export function createRelay(options: RelayOptions): Relay {
   return new OutboxRelay(options)
+}
+
+/**
+ * The relay's own publish timeout, saying what ran out: it fires before the adapters' own
+ * (`publishTimeoutMs` 5 s against their 10 s by default), so a broker that takes publishes and
+ * never confirms them (frozen, or a RabbitMQ quorum queue without a leader after a crash) is
+ * reported and logged with this error. The generic "The operation timed out after 5000 ms"
+ * named neither the publish, its topics, nor the setting.
+ */
+function publishTimeoutError(
+  timeoutMs: number,
+  messages: readonly OutgoingMessage[],
+): TimeoutError {
+  const count = messages.length
+  const topics = [...new Set(messages.map((message) => message.topic))]
+  const shown = topics.slice(0, 3).map((topic) => JSON.stringify(topic))
+  if (topics.length > 3) shown.push(`${topics.length - 3} more`)
+  const events = count === 1 ? '1 event' : `${count} events`
+  const topicText = `${topics.length === 1 ? 'topic' : 'topics'} ${shown.join(', ')}`
+  return new TimeoutError(timeoutMs, {
+    message: `relay: the publisher did not confirm ${events} (${topicText}) within ${timeoutMs} ms (relay.publishTimeoutMs); the broker is down, overloaded or not answering, and ${count === 1 ? 'the event' : 'they'} will be published again`,
+  })
 }

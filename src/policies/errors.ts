@@ -11,8 +11,15 @@ export class TimeoutError extends BreakwaterError {
   /** The timeout that elapsed, in milliseconds. */
   readonly timeoutMs: number
 
-  constructor(timeoutMs: number, options: { readonly cause?: unknown } = {}) {
-    super('TIMEOUT', `The operation timed out after ${timeoutMs} ms`, {
+  /**
+   * `options.message` replaces the generic "The operation timed out after N ms" where the
+   * caller knows what timed out and which setting bounds it (the outbox relay's publish).
+   */
+  constructor(
+    timeoutMs: number,
+    options: { readonly cause?: unknown; readonly message?: string } = {},
+  ) {
+    super('TIMEOUT', options.message ?? `The operation timed out after ${timeoutMs} ms`, {
       cause: options.cause,
       retryable: true,
     })
