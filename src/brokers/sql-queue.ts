@@ -1059,7 +1059,16 @@ class QueueSubscription implements Subscription {
       }
       this.#running--
       if (this.#cutOff) return
-      if ((await this.#ack(item, batch)) === 0) {
+      const acked = await this.#ack(item, batch)
+      if (acked === undefined) {
+        // The ack failed (reported): it may not have happened (a connection lost after the
+        // statement was sent leaves that unknown), and then the message comes back once its
+        // lease runs out. Handled now, the key's later messages would come before it: they go
+        // back too, and are leased again only after it, as the key's order wants.
+        await this.#release(chain.slice(i + 1), batch)
+        return
+      }
+      if (acked === 0) {
         // The lease ran out while the handler ran (a stalled process, extensions the database
         // did not take) and another consumer took it: that one runs this message again, and
         // holds the key's later ones and maybe the batch's other keys, leased under the same

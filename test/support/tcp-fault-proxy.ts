@@ -22,6 +22,14 @@ export interface TcpFaultProxy {
    * Resolves once that connection has been cut.
    */
   cutAfterCommit(): Promise<void>
+  /**
+   * The next connection whose client sends bytes holding `marker` (a statement's text: it goes
+   * out the first time a connection prepares the statement) is cut: with `'before-sending'`
+   * those bytes are dropped (the server never runs the statement, yet the client cannot tell
+   * that from a lost answer); with `'after-answer'` they go through and the server's answer is
+   * dropped. Resolves once that connection has been cut.
+   */
+  cutAt(marker: string, when: 'before-sending' | 'after-answer'): Promise<void>
   /** Severs everything and stops listening. */
   close(): Promise<void>
 }
@@ -30,8 +38,10 @@ export interface TcpFaultProxy {
 export async function startTcpFaultProxy(host: string, port: number): Promise<TcpFaultProxy> {
   const sockets = new Set<Socket>()
   let dropping = false
-  // Armed by cutAfterCommit: called with the connection whose client sent COMMIT.
-  let onCommit: ((client: Socket, upstream: Socket) => void) | undefined
+  // Armed by cutAt: the bytes to look for, and what to do.
+  let armed:
+    | { readonly marker: string; readonly before: boolean; readonly resolve: () => void }
+    | undefined
   const track = (socket: Socket): void => {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
@@ -45,12 +55,21 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     // Set once this connection's COMMIT went out: the server's answer to it ends the connection.
     let cutOnAnswer: (() => void) | undefined
     client.on('data', (chunk: Buffer) => {
-      upstream.write(chunk)
-      // A simple-protocol COMMIT (how pg sends client.query('COMMIT')): its text and NUL.
-      if (onCommit !== undefined && chunk.includes('COMMIT\0')) {
-        const armed = onCommit
-        onCommit = undefined
-        cutOnAnswer = () => armed(client, upstream)
+      const cut = armed !== undefined && chunk.includes(armed.marker) ? armed : undefined
+      if (cut === undefined) {
+        upstream.write(chunk)
+        return
+      }
+      armed = undefined
+      const sever = (): void => {
+        client.destroy()
+        upstream.destroy()
+        cut.resolve()
+      }
+      if (cut.before) sever()
+      else {
+        upstream.write(chunk)
+        cutOnAnswer = sever
       }
     })
     upstream.on('data', (chunk) => {
@@ -64,6 +83,10 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     upstream.on('close', () => client.destroy())
   })
   const listening = await listenOnLoopback(server)
+  const cutAt = (marker: string, when: 'before-sending' | 'after-answer'): Promise<void> =>
+    new Promise<void>((resolve) => {
+      armed = { marker, before: when === 'before-sending', resolve }
+    })
   const severAll = (): void => {
     for (const socket of sockets) socket.destroy()
   }
@@ -73,14 +96,9 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
       dropping = on
     },
     severAll,
-    cutAfterCommit: () =>
-      new Promise<void>((resolve) => {
-        onCommit = (client, upstream) => {
-          client.destroy()
-          upstream.destroy()
-          resolve()
-        }
-      }),
+    cutAt,
+    // A simple-protocol COMMIT (how pg sends client.query('COMMIT')): its text and NUL.
+    cutAfterCommit: () => cutAt('COMMIT\0', 'after-answer'),
     close: async () => {
       severAll()
       await new Promise<void>((resolve) => server.close(() => resolve()))
