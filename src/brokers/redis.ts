@@ -1258,14 +1258,24 @@ class RedisSubscriber implements Subscriber {
       // Only while still ours: acking or returning an entry another consumer claimed would end
       // or disturb that consumer's run of it.
       let lost: LostEntry[]
-      if (outcome === 'ack') {
-        lost = await settleOwned(options, live, topic, group, consumer, 'ack', [entryId])
-      } else {
-        // Leave it pending but make it look idle for long enough that the claim loop (ours or
-        // another consumer's) takes it: after retryDelayMs, or at once on release.
-        const delay = outcome === 'retry' ? options.retryDelayMs : 0
-        const idle = Math.max(0, options.visibilityTimeoutMs - delay)
-        lost = await settleOwned(options, live, topic, group, consumer, 'claim', [entryId], idle)
+      try {
+        if (outcome === 'ack') {
+          lost = await settleOwned(options, live, topic, group, consumer, 'ack', [entryId])
+        } else {
+          // Leave it pending but make it look idle for long enough that the claim loop (ours
+          // or another consumer's) takes it: after retryDelayMs, or at once on release.
+          const delay = outcome === 'retry' ? options.retryDelayMs : 0
+          const idle = Math.max(0, options.visibilityTimeoutMs - delay)
+          lost = await settleOwned(options, live, topic, group, consumer, 'claim', [entryId], idle)
+        }
+      } catch (error) {
+        // Reported to onError (phase settle) as this is thrown: ioredis's own "Connection is
+        // closed." (the server gone mid-ack) named neither Redis nor the entry.
+        const what = outcome === 'ack' ? 'ack' : 'hand back'
+        throw redisError(
+          error,
+          `cannot ${what} entry ${entryId} of ${topic} (group ${JSON.stringify(group)})`,
+        )
       }
       if (lost.length === 0 || reported) return
       reportLost(lost[0]!, message, true)
