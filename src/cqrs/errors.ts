@@ -1,4 +1,5 @@
 import { BreakwaterError } from '../core/errors.js'
+import { isTransientFailure } from '../policies/classify.js'
 import type { ExpectedVersion } from './types.js'
 
 /**
@@ -369,7 +370,9 @@ export abstract class EventHandlingError extends BreakwaterError {
     super(
       code,
       `${who}: ${what} on event "${event.type}" (stream "${event.stream}", ${where}, id "${event.id}"): ${messageOf(cause)}`,
-      { cause },
+      // As retryable as what the code threw: a lock timeout, deadlock or lost connection is
+      // about the moment, not the event, so retry() around catchUp() may try again; a bug is not.
+      { cause, retryable: isTransientFailure(cause) },
     )
     this.position = event.position
     this.stream = event.stream
@@ -390,8 +393,10 @@ export abstract class EventHandlingError extends BreakwaterError {
  * the log and `position` is 0 (the position it was given in that transaction is not reported:
  * it names no event, or on SQLite a later append's). A busy database or a serialization
  * failure in an inline `apply` is not wrapped: it is the transaction's, and a command handler
- * retries it. Not retryable as is: the event fails until the projection (or the data it
- * depends on) is fixed.
+ * retries it. `retryable` (read by `classifyFailure`, so by `retry()` around `catchUp()`) only
+ * when `cause` is transient (a lock timeout, a deadlock, a serialization failure, a lost
+ * connection): otherwise the event fails until the projection (or the data it depends on) is
+ * fixed.
  *
  * @example
  * ```ts
