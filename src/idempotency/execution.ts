@@ -273,7 +273,7 @@ export class Execution {
         // A store whose commit checks the lease again (memory, Redis) refuses with its own
         // error: answered as any lost lease, with the configured retryAfterMs and the event.
         if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
-        if (commitInDoubt(store.dialect, error)) this.#phaseInDoubt = { error }
+        if (commitInDoubt(store, error)) this.#phaseInDoubt = { error }
         throw error
       }
     } finally {
@@ -344,8 +344,8 @@ export class Execution {
    * stays held until its lease ends, and the caller must report that, since every retry until
    * then is answered in-progress.
    *
-   * After a phase whose commit is in doubt (the connection was lost after its COMMIT was sent)
-   * the key is kept as {@link abandon} keeps it: deleting the record, or ending the lease with
+   * After a phase whose commit is in doubt (the connection was lost after its COMMIT, or the
+   * Redis store's script, was sent) the key is kept as {@link abandon} keeps it: deleting the record, or ending the lease with
    * the phases known here, would drop that phase's recorded result if it did commit, and the
    * retry would run it again. The retry takes the key over once the lease ends and resumes
    * after whatever phases did commit.
@@ -397,14 +397,16 @@ export class Execution {
 }
 
 /**
- * Whether a failed commit may have happened all the same: on PostgreSQL, unless the server
- * answered with an error (the transaction rolled back) or the driver found the transaction
- * already failed (answered with ROLLBACK). A SQLite commit runs in process and ends one way or
- * the other; the memory and Redis stores (whose dialect is 'sqlite' here) commit as one step
- * whose failure they report.
+ * Whether a failed commit may have happened all the same: as the store says
+ * ({@link IdempotencyStore.commitInDoubt}: the Redis store's script sent on a connection lost
+ * before its reply), else on PostgreSQL unless the server answered with an error (the
+ * transaction rolled back) or the driver found the transaction already failed (answered with
+ * ROLLBACK). A SQLite commit runs in process and ends one way or the other, and so does the
+ * memory store's.
  */
-function commitInDoubt(dialect: string | undefined, error: unknown): boolean {
-  if (dialect !== 'postgres') return false
+function commitInDoubt(store: IdempotencyStore, error: unknown): boolean {
+  if (store.commitInDoubt !== undefined) return store.commitInDoubt(error)
+  if (store.dialect !== 'postgres') return false
   return !(error instanceof TransactionMisuseError) && !rolledBackByServer(error)
 }
 

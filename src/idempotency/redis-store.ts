@@ -302,6 +302,14 @@ function toRecord(reply: readonly Buffer[], keyPrefix: string, key: string): Ide
 }
 
 /**
+ * Whether a command failed with Redis's own answer (a `ReplyError` of ioredis, named so by
+ * redis-errors): the server read it and refused it, so it did not run past the error.
+ */
+function repliedWithError(error: unknown): boolean {
+  return error instanceof Error && error.name === 'ReplyError'
+}
+
+/**
  * Checks a given `client` once, here: one the store cannot use was taken without a word, and
  * every request then failed (a 500). A node-redis client has none of the commands the store
  * sends (a bare TypeError, `callBuffer is not a function`); an ioredis client with
@@ -423,6 +431,12 @@ export function createRedisIdempotencyStore(
   const releaseMarkKey = (scope: string, key: string): string =>
     `${keyPrefix}released:${scope.length}:${scope}:${key}`
 
+  // The errors of commit scripts that may have run all the same: sent on a connection lost
+  // before the reply came, and failed by ioredis rather than sent again (maxRetriesPerRequest
+  // reached, or no reconnection), or queued while offline and failed so (which never ran,
+  // though nothing tells the two apart).
+  const inDoubt = new WeakSet<object>()
+
   const run = async (script: string, keys: readonly string[], args: readonly (string | Buffer)[]) =>
     (await connect()).callBuffer('EVAL', script, keys.length, ...keys, ...args)
 
@@ -494,11 +508,25 @@ export function createRedisIdempotencyStore(
       try {
         const value = await fn(tx)
         if (tx.staged.length > 0) {
-          const failed = await run(
-            commitScript,
-            tx.staged.map((write) => redisKey(write.lease.scope, write.lease.key)),
-            tx.staged.flatMap((write) => write.args),
-          )
+          const client = await connect()
+          let failed: unknown
+          try {
+            failed = await client.callBuffer(
+              'EVAL',
+              commitScript,
+              tx.staged.length,
+              ...tx.staged.map((write) => redisKey(write.lease.scope, write.lease.key)),
+              ...tx.staged.flatMap((write) => write.args),
+            )
+          } catch (error) {
+            // Redis answered with an error (a ReplyError: the script's checks come before its
+            // first write, so nothing was written), or ioredis gave up on the script: it may
+            // have run before the connection was lost (see commitInDoubt).
+            if (!repliedWithError(error) && typeof error === 'object' && error !== null) {
+              inDoubt.add(error)
+            }
+            throw error
+          }
           // The script checked every lease before writing: a lost one means nothing was written.
           const lost = typeof failed === 'number' && failed > 0 ? tx.staged[failed - 1] : undefined
           if (lost !== undefined) {
@@ -509,6 +537,10 @@ export function createRedisIdempotencyStore(
       } finally {
         tx.open = false
       }
+    },
+
+    commitInDoubt(error: unknown): boolean {
+      return typeof error === 'object' && error !== null && inDoubt.has(error)
     },
 
     async complete(

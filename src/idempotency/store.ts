@@ -128,6 +128,15 @@ export interface IdempotencyStore {
   /** Runs `fn` in one transaction of the store's database. */
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
   /**
+   * Whether a {@link IdempotencyStore.transaction} that rejected with `error` may have committed
+   * all the same: its commit was sent and the connection was lost before the answer came.
+   * After a phase whose save is in doubt the key is kept for the retry that takes it over once
+   * the lease ends (releasing it could drop the saved phase, and the retry would run it again).
+   * Optional: without it, a store whose `dialect` is `'postgres'` is in doubt unless the server
+   * answered with an error, and any other store never is.
+   */
+  commitInDoubt?(error: unknown): boolean
+  /**
    * The claim steps as statements of `tx`, a transaction opened with `transaction`. Needed for
    * `claim: 'in-transaction'`; stores without it (the in-memory store) support only the
    * default, leased claim.
