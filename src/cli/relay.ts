@@ -633,8 +633,13 @@ export function relayMetrics(
   return { registry, outboxFigures }
 }
 
-/** Logs what the relay reports, at levels an operator can filter on. */
-function logRelayEvents(relay: Relay, log: Logger): void {
+/**
+ * Logs what the relay reports, at levels an operator can filter on. `broker` is the broker as
+ * `relay started` names it (the logger masks its credentials): a failed publish names it, for
+ * an operator reading that one line, beside the error (which, once the circuit is open, names
+ * the failure that opened it).
+ */
+function logRelayEvents(relay: Relay, log: Logger, broker: string): void {
   relay.events.on((event) => {
     switch (event.type) {
       case 'published':
@@ -642,7 +647,7 @@ function logRelayEvents(relay: Relay, log: Logger): void {
           log.debug('published', { count: event.count, durationMs: event.durationMs })
         break
       case 'publishFailed':
-        log.warn('publish failed', { count: event.count, error: event.error })
+        log.warn('publish failed', { count: event.count, broker, error: event.error })
         break
       case 'retryScheduled':
         log.warn('event will be retried', {
@@ -810,7 +815,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         ...(parsed.relayId === undefined ? {} : { relayId: parsed.relayId }),
         ...(faults === undefined ? {} : { faults }),
       })
-      logRelayEvents(relay, log)
+      logRelayEvents(relay, log, parsed.brokerText)
       relay.events.on((event) => {
         if (event.type === 'crashed') crashed(new Error(`relay halted at ${event.point}`))
         // Its id was taken over (RELAY_ID_IN_USE): the process exits 1, for its supervisor to

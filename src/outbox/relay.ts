@@ -641,6 +641,9 @@ class OutboxRelay implements Relay {
   #nextSweepAt = 0
   #published = 0
   #publishFailures = 0
+  // The last failure the breaker counted (its `failure` event), named by the refusals of the
+  // open circuit: the breaker's own error says only how long it stays open.
+  #lastCounted: { readonly reason: 'error' | 'slow'; readonly error: unknown } | undefined
   #deadLettered = 0
   #batches = 0
   #lagMs = 0
@@ -725,6 +728,10 @@ class OutboxRelay implements Relay {
         isFailure: (error) => !isMessageFault(error) && !isUnroutable(error),
       }),
     )
+    this.breaker.events.on((event) => {
+      if (event.type === 'failure') this.#lastCounted = event
+      else if (event.type === 'stateChange' && event.to === 'closed') this.#lastCounted = undefined
+    })
     if (options.retention === false) {
       this.#retention = undefined
       this.#retentionEveryMs = 0
@@ -1543,9 +1550,38 @@ class OutboxRelay implements Relay {
     this.#emit({ type: 'publishFailed', error, count })
   }
 
-  #send(rows: readonly OutboxRow[]): Promise<void> {
+  async #send(rows: readonly OutboxRow[]): Promise<void> {
     const messages = rows.map((row) => toMessage(row, this.#maxPayloadBytes))
-    return this.breaker.execute(({ signal }) => this.#publishWithTimeout(messages, signal))
+    try {
+      await this.breaker.execute(({ signal }) => this.#publishWithTimeout(messages, signal))
+    } catch (error) {
+      if (error instanceof BrokenCircuitError) throw this.#openCircuitError(error)
+      throw error
+    }
+  }
+
+  /**
+   * The open circuit's refusal, saying which breaker refused and the failure that opened it
+   * (then its `cause`), still a `BrokenCircuitError` (`BROKEN_CIRCUIT`, same `retryAfterMs`).
+   * Why: every round of an outage reported only "The circuit is open; retry after N ms", and
+   * the broker's own error was in the few events before the circuit opened, long scrolled away.
+   */
+  #openCircuitError(refusal: BrokenCircuitError): BrokenCircuitError {
+    const name = this.breaker.name === undefined ? '' : ` "${this.breaker.name}"`
+    const state =
+      refusal.retryAfterMs > 0
+        ? `is open: nothing is sent to the broker for ${refusal.retryAfterMs} ms more (relay.circuitBreaker.cooldownMs)`
+        : 'is half-open with its probe still under way'
+    const last = this.#lastCounted
+    let why: string
+    if (last === undefined) why = 'no failure that opened it is known to this relay'
+    else if (last.reason === 'slow')
+      why = 'the last failure it counted was a publish slower than relay.circuitBreaker.slowCallMs'
+    else why = `the last failure it counted: ${errorText(last.error)}`
+    return new BrokenCircuitError(refusal.retryAfterMs, {
+      message: `relay: the publisher's circuit breaker${name} ${state}; ${why}`,
+      cause: last?.error,
+    })
   }
 
   async #publishWithTimeout(messages: OutgoingMessage[], signal: AbortSignal): Promise<void> {

@@ -70,8 +70,20 @@ export class BrokenCircuitError extends BreakwaterError {
   /** Milliseconds until the breaker lets a probe through (0 while half-open). */
   readonly retryAfterMs: number
 
-  constructor(retryAfterMs: number) {
-    super('BROKEN_CIRCUIT', `The circuit is open; retry after ${retryAfterMs} ms`)
+  /**
+   * `options.message` replaces the generic "The circuit is open; retry after N ms" where the
+   * caller knows what the circuit guards and which failure opened it (the outbox relay names
+   * its breaker and the publish failure, which is then `cause`).
+   */
+  constructor(
+    retryAfterMs: number,
+    options: { readonly cause?: unknown; readonly message?: string } = {},
+  ) {
+    super(
+      'BROKEN_CIRCUIT',
+      options.message ?? `The circuit is open; retry after ${retryAfterMs} ms`,
+      { cause: options.cause },
+    )
     this.retryAfterMs = retryAfterMs
   }
 }
