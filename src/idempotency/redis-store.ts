@@ -46,7 +46,9 @@ export interface RedisIdempotencyStoreOptions {
   readonly url?: string | undefined
   /**
    * An ioredis client the caller owns (not closed by `close()`). It must not use
-   * `enableAutoPipelining` (ioredis 6 breaks `call()` with it): such a client, or one without
+   * `enableAutoPipelining` (ioredis 6 breaks `call()` with it) nor
+   * `autoResendUnfulfilledCommands: false` (ioredis 6 then never settles a command whose
+   * connection was lost before its reply): such a client, or one without
    * ioredis's `callBuffer`, `hmget` and `hgetallBuffer` (a node-redis client), is refused here
    * with `InvalidOptionError` naming `client`.
    * @default undefined (then `url` is required)
@@ -314,7 +316,8 @@ function repliedWithError(error: unknown): boolean {
  * every request then failed (a 500). A node-redis client has none of the commands the store
  * sends (a bare TypeError, `callBuffer is not a function`); an ioredis client with
  * `enableAutoPipelining` sends each Lua script as the command's name through `callBuffer`
- * (`ERR unknown command`).
+ * (`ERR unknown command`). One with `autoResendUnfulfilledCommands: false` drops a command
+ * whose connection was lost before its reply without failing it: the request hung for good.
  */
 function checkClient(client: unknown): void {
   const commands = client as Partial<Record<keyof RedisIdempotencyClient, unknown>> | null
@@ -331,11 +334,22 @@ function checkClient(client: unknown): void {
       client,
     )
   }
-  const options = (client as { options?: { enableAutoPipelining?: unknown } }).options
+  const options = (
+    client as {
+      options?: { enableAutoPipelining?: unknown; autoResendUnfulfilledCommands?: unknown }
+    }
+  ).options
   if (options?.enableAutoPipelining === true) {
     throw new InvalidOptionError(
       'client',
       "an ioredis client without enableAutoPipelining (ioredis 6 sends the store's scripts wrongly with it)",
+      client,
+    )
+  }
+  if (options?.autoResendUnfulfilledCommands === false) {
+    throw new InvalidOptionError(
+      'client',
+      'an ioredis client with autoResendUnfulfilledCommands (without it, ioredis 6 never settles a command whose connection was lost before its reply, and the call waits for ever)',
       client,
     )
   }
