@@ -3,7 +3,8 @@
 // reconnections with the default): the phase it saved is in Redis, but the handler sees a
 // connection error. Releasing the key then must not forget that phase, or the retry runs it
 // (its charge) a second time. Real redis-server behind a TCP proxy that cuts the connection as
-// Redis answers the phase's script. An error Redis answered itself still releases the key.
+// Redis answers the phase's script. Likewise the release after the result's own write ran
+// unanswered must leave the completed record; an error Redis answered itself still releases.
 import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -95,6 +96,28 @@ for (const [cut, label] of [
     expect(third).toBe('done')
   })
 }
+
+// The result's write that ran unanswered: the release that follows deletes only a record still
+// in progress, so the completed one stays and the retry replays it.
+it("never deletes the record whose result's write ran unanswered", async () => {
+  const { proxy, store } = opened()
+  const idempotency = createIdempotency({ store, leaseMs })
+  const key = randomUUID()
+  let runs = 0
+  const run = () =>
+    idempotency.run(key, () => {
+      runs++
+      // The result's write goes out once fn returns.
+      if (runs === 1) void proxy.cutAt('$8\r\ncomplete\r\n', 'after-answer')
+      return 'charged'
+    })
+  const first = await run().catch((error: unknown) => error)
+  expect(first).toBeInstanceOf(Error)
+  expect(first).not.toBeInstanceOf(IdempotencyInProgressError)
+  expect((await store.get('default', key))?.state).toBe('completed')
+  await expect(run()).resolves.toBe('charged')
+  expect(runs).toBe(1)
+})
 
 // Redis's own error answer (a ReplyError) says the script wrote nothing: the key is released
 // as usual, and the retry runs at once. The store's user loses HSET while the phase runs, so
