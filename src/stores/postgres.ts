@@ -805,8 +805,9 @@ export class PostgresDriver implements SqlDriver {
     // A connection lost while this transaction holds it but runs no statement (a server
     // restart, pg_terminate_backend, the server's idle_in_transaction_session_timeout) emits
     // 'error', kept in #lost; the next statement or COMMIT fails with pg's bare "not queryable"
-    // error (no code). The kept error becomes its cause, so the caller can tell a configured
-    // timeout (25P03) from a network failure.
+    // error (no code), which becomes one naming the kept error, its cause (see
+    // withLostConnection), so the caller can tell a configured timeout (25P03) from a network
+    // failure.
     // A statement prepared on this connection before a schema change elsewhere (a column added
     // to a table it reads with `*`) fails with "cached plan must not change result type", and
     // does so for as long as the connection lives: such a connection is destroyed, not returned
@@ -816,11 +817,7 @@ export class PostgresDriver implements SqlDriver {
       query: (config: PgQueryConfig | string): Promise<PgResult> =>
         pooled.query(config).catch((error: unknown) => {
           if (isOutdatedPlan(error)) outdated = asError(error)
-          const lost = this.#lost.get(pooled)
-          if (lost !== undefined && error !== lost && error instanceof Error) {
-            error.cause ??= lost
-          }
-          throw error
+          throw withLostConnection(error, this.#lost.get(pooled))
         }),
       release(error?: Error): void {
         pooled.release(error ?? outdated)
@@ -964,6 +961,36 @@ function isOutdatedPlan(error: unknown): boolean {
     typeof message === 'string' &&
     message.includes('cached plan must not change result type')
   )
+}
+
+// pg's error, fixed in its source (lib/client.js), for a statement sent on a client whose
+// connection was lost before it: the reason is the client's earlier 'error' event, not this.
+const pgNotQueryable = 'Client has encountered a connection error and is not queryable'
+
+/**
+ * `error`, a statement's failure on a transaction's connection, with `lost`, why that connection
+ * was lost (its first 'error'), as its cause. pg's bare "not queryable" error becomes a new
+ * error whose message ends with the reason and its code (`...: terminating connection due to
+ * administrator command (SQLSTATE 57P01)`), `lost` as its cause, no code of its own as pg's had
+ * none, so every classification reads it as before. Why: its message named no cause, and it
+ * reached every report (a projector's `onError`, a relay's or saga worker's error events, log
+ * lines) as "the connection failed", the server's reason only in `cause`, which many loggers
+ * and dashboards do not show.
+ */
+function withLostConnection(error: unknown, lost: Error | undefined): unknown {
+  if (lost === undefined || error === lost || !(error instanceof Error)) return error
+  if (error.message !== pgNotQueryable || error.cause !== undefined) {
+    error.cause ??= lost
+    return error
+  }
+  const { code, severity } = lost as { code?: unknown; severity?: unknown }
+  const named =
+    typeof code !== 'string' || lost.message.includes(code)
+      ? ''
+      : typeof severity === 'string'
+        ? ` (SQLSTATE ${code})`
+        : ` (${code})`
+  return new Error(`${pgNotQueryable}: ${lost.message}${named}`, { cause: lost })
 }
 
 function asError(value: unknown): Error {

@@ -64,6 +64,8 @@ describe('PostgreSQL transaction ended by idleInTransactionTimeoutMs', () => {
     expect(error).toBeInstanceOf(Error)
     expect(codes(error)).toContain('25P03')
     expect(String((error as Error).cause ?? error)).toMatch(/idle-in-transaction timeout/)
+    // The message itself names the reason, not only pg's bare "not queryable".
+    expect((error as Error).message).toMatch(/idle-in-transaction timeout/)
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
   })
 
