@@ -7,7 +7,7 @@
 // unanswered must leave the completed record; an error Redis answered itself still releases.
 import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { afterAll, beforeAll, expect, it } from 'vitest'
+import { afterAll, beforeAll, expect, it, vi } from 'vitest'
 import {
   createIdempotency,
   createRedisIdempotencyStore,
@@ -73,6 +73,21 @@ function runner(key: string, cut: string) {
   return { run, clock, charges }
 }
 
+// The holder cannot know that its phase was saved: the key stays held until its lease ends,
+// then a retry takes it over and resumes after the phases that were saved, each charged once.
+async function expectResumedAfterLease(
+  run: () => Promise<unknown>,
+  clock: ManualClock,
+  charges: readonly string[],
+): Promise<void> {
+  const second = await run().catch((error: unknown) => error)
+  await clock.advance(leaseMs + 1)
+  const third = await run().catch((error: unknown) => error)
+  expect(charges).toEqual(['a', 'b'])
+  expect(second).toBeInstanceOf(IdempotencyInProgressError)
+  expect(third).toBe('done')
+}
+
 for (const [cut, label] of [
   ['a', 'the first phase'],
   ['b', 'a phase after a saved one'],
@@ -86,16 +101,50 @@ for (const [cut, label] of [
     expect(first).not.toBeInstanceOf(IdempotencyInProgressError)
     // The phase was saved.
     expect((await store.get('default', key))?.recoveryPoint).toBe(cut)
-    // The holder cannot know that: the key stays held until its lease ends, then a retry
-    // takes it over and resumes after the phases that were saved.
-    const second = await run().catch((error: unknown) => error)
-    await clock.advance(leaseMs + 1)
-    const third = await run().catch((error: unknown) => error)
-    expect(charges).toEqual(['a', 'b'])
-    expect(second).toBeInstanceOf(IdempotencyInProgressError)
-    expect(third).toBe('done')
+    await expectResumedAfterLease(run, clock, charges)
   })
 }
+
+// ioredis's commandTimeout fails a script that is still on its way: Redis runs it all the same.
+// The proxy holds Redis's answer to the phase's save (a slow answer) while fake timers run the
+// client's commandTimeout out.
+it("never runs a phase twice when its save outlived the client's commandTimeout", async () => {
+  const { proxy, url } = await proxiedUrl(await brokerUrl('redis'))
+  const client = new Redis(url, { enableAutoPipelining: false, commandTimeout: 1_000 })
+  client.on('error', () => {})
+  try {
+    await client.ping()
+    const store = createRedisIdempotencyStore({
+      client,
+      keyPrefix: `bw-phase-timeout:${randomUUID()}:`,
+    })
+    const clock = new ManualClock(1_000_000)
+    const idempotency = createIdempotency({ store, clock, leaseMs })
+    const charges: string[] = []
+    const run = () =>
+      idempotency.run('k', async (ctx) => {
+        for (const phase of ['a', 'b']) await ctx.phase(phase, () => void charges.push(phase))
+        return 'done'
+      })
+    const hold = proxy.holdAnswerTo(phaseWrite)
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+    let first: Promise<unknown>
+    try {
+      first = run().catch((error: unknown) => error)
+      await hold.sent
+      vi.advanceTimersByTime(1_000)
+    } finally {
+      vi.useRealTimers()
+    }
+    hold.release()
+    expect(await first).toHaveProperty('message', 'Command timed out')
+    expect((await store.get('default', 'k'))?.recoveryPoint).toBe('a')
+    await expectResumedAfterLease(run, clock, charges)
+  } finally {
+    client.disconnect()
+    await proxy.close()
+  }
+})
 
 // The result's write that ran unanswered: the release that follows deletes only a record still
 // in progress, so the completed one stays and the retry replays it.

@@ -30,6 +30,12 @@ export interface TcpFaultProxy {
    * dropped. Resolves once that connection has been cut.
    */
   cutAt(marker: string, when: 'before-sending' | 'after-answer'): Promise<void>
+  /**
+   * The next client bytes holding `marker` go through, but what the server sends back on that
+   * connection from then on is held (a slow answer, not a lost one) until `release()`, which
+   * passes it on in order. `sent` resolves once the marked bytes went to the server.
+   */
+  holdAnswerTo(marker: string): { readonly sent: Promise<void>; release(): void }
   /** Severs everything and stops listening. */
   close(): Promise<void>
 }
@@ -41,6 +47,10 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
   // Armed by cutAt: the bytes to look for, and what to do.
   let armed:
     | { readonly marker: string; readonly before: boolean; readonly resolve: () => void }
+    | undefined
+  // Armed by holdAnswerTo: the bytes to look for, and where the held answer goes.
+  let holdArmed:
+    | { readonly marker: string; readonly hold: (release: () => void) => void }
     | undefined
   const track = (socket: Socket): void => {
     sockets.add(socket)
@@ -54,7 +64,20 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     track(upstream)
     // Set once this connection's COMMIT went out: the server's answer to it ends the connection.
     let cutOnAnswer: (() => void) | undefined
+    // Set once this connection's marked bytes went out under holdAnswerTo.
+    let held: Buffer[] | undefined
     client.on('data', (chunk: Buffer) => {
+      if (holdArmed !== undefined && chunk.includes(holdArmed.marker)) {
+        const { hold } = holdArmed
+        holdArmed = undefined
+        held = []
+        // Passes the held answer on in order; this connection's answers then flow as before.
+        hold(() => {
+          const chunks = held ?? []
+          held = undefined
+          if (!client.destroyed) for (const answer of chunks) client.write(answer)
+        })
+      }
       const cut = armed !== undefined && chunk.includes(armed.marker) ? armed : undefined
       if (cut === undefined) {
         upstream.write(chunk)
@@ -77,7 +100,8 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
         cutOnAnswer()
         return
       }
-      if (!dropping) client.write(chunk)
+      if (held !== undefined) held.push(chunk)
+      else if (!dropping) client.write(chunk)
     })
     client.on('close', () => upstream.destroy())
     upstream.on('close', () => client.destroy())
@@ -87,6 +111,21 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     new Promise<void>((resolve) => {
       armed = { marker, before: when === 'before-sending', resolve }
     })
+  const holdAnswerTo = (marker: string): { sent: Promise<void>; release(): void } => {
+    let release = (): void => {
+      holdArmed = undefined
+    }
+    const sent = new Promise<void>((resolve) => {
+      holdArmed = {
+        marker,
+        hold: (flush) => {
+          release = flush
+          resolve()
+        },
+      }
+    })
+    return { sent, release: () => release() }
+  }
   const severAll = (): void => {
     for (const socket of sockets) socket.destroy()
   }
@@ -97,6 +136,7 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     },
     severAll,
     cutAt,
+    holdAnswerTo,
     // A simple-protocol COMMIT (how pg sends client.query('COMMIT')): its text and NUL.
     cutAfterCommit: () => cutAt('COMMIT\0', 'after-answer'),
     close: async () => {
