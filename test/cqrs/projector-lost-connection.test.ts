@@ -8,6 +8,7 @@ import pg from 'pg'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createEventStore, createProjector, defineProjection } from '../../src/cqrs/index.js'
 import { postgresAdminUrl } from '../support/postgres.js'
+import { terminateSessionOf } from '../support/terminated-session.js'
 import { until } from '../support/until.js'
 import { postgresDb, useTestDb } from './databases.js'
 
@@ -29,17 +30,7 @@ it('reports the lost session with the reason the server gave', async () => {
       await tx.execute(`INSERT INTO ${table('lost_ticks')} VALUES ($1)`, [event.id])
       if (!terminate) return
       terminate = false
-      const [row] = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
-      await admin.query('SELECT pg_terminate_backend($1)', [row!.pid])
-      await until(
-        async () =>
-          (await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [row!.pid]))
-            .rowCount === 0,
-        'the backend to exit',
-      )
-      // One more round trip: the FATAL already waits in the projector's socket, and pg reads
-      // it in this turn of the event loop, so the next statement finds the client unqueryable.
-      await admin.query('SELECT 1')
+      await terminateSessionOf(tx, admin)
     },
   })
   const store = createEventStore(t.db)
