@@ -34,7 +34,7 @@ export const errorCodes = {
   IDEMPOTENCY_IN_PROGRESS:
     'Another request or call holds the idempotency key and has not finished.',
   IDEMPOTENCY_RELEASE_FAILED:
-    'The idempotency store failed while a key was being released (a failed handler, or a result that is not recorded); the key stays in progress until its lease ends, and retries meanwhile get IDEMPOTENCY_IN_PROGRESS.',
+    'The idempotency store failed while a key was being released (a failed handler, or a result that is not recorded); unless the release reached the store before the failure, the key stays in progress until its lease ends, and retries meanwhile get IDEMPOTENCY_IN_PROGRESS.',
   DRIVER_MISSING:
     'A driver package (better-sqlite3, pg, nats, amqplib or ioredis) is not installed.',
   STORE_CLOSED:

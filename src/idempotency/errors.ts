@@ -153,7 +153,8 @@ export class IdempotencyResponseUnsupportedError extends BreakwaterError {
  * A holder could not give its key back (code `IDEMPOTENCY_RELEASE_FAILED`): the store failed
  * (down, pool exhausted) when the key of a failed handler, or of a result that is not recorded,
  * was to be released. `cause` holds the store's error. The in-progress record stays until its
- * lease ends, so a retry meanwhile gets {@link IdempotencyInProgressError} (409 with
+ * lease ends (unless the release was applied and only its answer lost: a connection cut after
+ * the statement was sent), so a retry meanwhile gets {@link IdempotencyInProgressError} (409 with
  * `Retry-After`) and a later one takes the key over and runs again. Retryable, after the lease.
  * Not answered as problem+json: a server-side failure (the adapters answer 500 and report it).
  */
@@ -166,7 +167,7 @@ export class IdempotencyReleaseError extends BreakwaterError {
   constructor(scope: string, key: string, cause: unknown) {
     super(
       'IDEMPOTENCY_RELEASE_FAILED',
-      `The idempotency key ${JSON.stringify(key)} could not be released (the store failed); it stays in progress until its lease ends, and a retry meanwhile gets IDEMPOTENCY_IN_PROGRESS`,
+      `The idempotency key ${JSON.stringify(key)} could not be released (the store failed); unless the release reached the store before the failure, it stays in progress until its lease ends, and a retry meanwhile gets IDEMPOTENCY_IN_PROGRESS`,
       { retryable: true, cause },
     )
     this.key = key
