@@ -79,7 +79,10 @@ export interface SagaEvent {
   readonly attempt?: number
   /** How long the action or compensation ran, in ms. */
   readonly durationMs?: number
-  /** When the next attempt (or the wake-up) is due, epoch ms. */
+  /**
+   * When the next attempt (or the wake-up) is due, epoch ms; for an `error` of phase `run`,
+   * when the state write that failed is written again (absent: the run was given up).
+   */
   readonly retryAt?: number
   /** The failure. */
   readonly error?: ErrorInfo
@@ -105,9 +108,11 @@ export interface SagaEvent {
  *   cannot be run (`sagaId`, `STORED_DATA_INVALID`);
  * - `renew`: the renewal of the leases of the instances in hand (retried at the next
  *   interval; a lease that runs out meanwhile is taken over by another worker);
- * - `run`: an instance's run (`sagaId`, `step`), mostly the write of its state: the run is
- *   given up and the instance resumed from its stored state once its lease runs out, its
- *   step run again;
+ * - `run`: an instance's run (`sagaId`, `step`), mostly the write of its state. With
+ *   `retryAt`, the write failed in a way known to have committed nothing (a lock timeout, a
+ *   deadlock, a serialization failure, SQLite's writer busy) and is written again then, in
+ *   place; without, the run is given up and the instance resumed from its stored state once
+ *   its lease runs out, its step run again;
  * - `hold`: the hold of an instance whose stored state cannot be read;
  * - `missing-definitions`: the look for instances of definitions no worker has;
  * - `listen`: the subscription to start notifications (polling still finds every saga).

@@ -1,4 +1,4 @@
-import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
+import { type Clock, sleep, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
@@ -8,7 +8,9 @@ import {
   parseStoredJson,
   readStoredNumber,
   readStoredWholeNumber,
+  rolledBackByServer,
   StoredDataError,
+  sqlErrorKind,
 } from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
@@ -79,6 +81,27 @@ export function claimedLeaseToken(row: Pick<SagaRow, 'id' | 'lease_token'>): num
     instancePlace(row, 'lease_token')(),
     `is ${describeValue(row.lease_token)}, ${fencingTokenText}`,
   )
+}
+
+/** How many times a state write that failed transiently is written again before giving up. */
+const stateWriteRetries = 3
+
+/** The first wait before writing a state again (then doubled), in ms on the worker's clock. */
+const stateWriteBackoffMs = 20
+
+/**
+ * Whether a failed state write is a transient failure known to have committed nothing: a lock
+ * timeout (55P03), a deadlock (40P01) or a serialization failure (40001) that the PostgreSQL
+ * server answered the transaction with, no pooled connection free in time (`STORE_BUSY`:
+ * nothing was sent), or SQLite's writer busy (`SQLITE_BUSY`, `STORE_BUSY`; a local database
+ * whose failed transaction is rolled back). A lost connection is not: its COMMIT may have
+ * been applied.
+ */
+function rolledBackWriteFailure(dialect: SqlDriver['dialect'], error: unknown): boolean {
+  const kind = sqlErrorKind(error)
+  if (kind !== 'busy' && kind !== 'serialization-failure') return false
+  if (dialect === 'sqlite') return true
+  return (error as { code?: unknown }).code === 'STORE_BUSY' || rolledBackByServer(error)
 }
 
 /** What the runner needs from its worker. */
@@ -155,6 +178,9 @@ export class InstanceRun {
   #events: TimelineRecord[] = []
   readonly #previousOwner: string | null
   readonly #previousExpiry: number | null
+  // The step being run (or compensated), named when a failure ends the run or a state write is
+  // retried: the index has moved on by the time the write that records its outcome fails.
+  #working: string | null = null
 
   constructor(host: RunnerHost, saga: CompiledSaga, row: SagaRow) {
     this.#host = host
@@ -239,15 +265,12 @@ export class InstanceRun {
   /** Runs the instance until it finishes, suspends, is released or lost. */
   async run(): Promise<RunOutcome> {
     if (this.#halted !== undefined) return this.#halted
-    // The step being run (or compensated) when a failure ends the run: the index has moved on
-    // by the time the write that records its outcome fails.
-    let working: string | null = null
     try {
       if (this.#previousOwner !== null) this.#recovered(this.#previousOwner)
       if (!this.#definitionMatches()) return await this.#parkMismatch()
       for (;;) {
         if (this.#halted !== undefined) return this.#halted
-        working = this.#currentStepName()
+        this.#working = this.#currentStepName()
         let next: Step
         if (this.#status === 'running') next = await this.#forward()
         else if (this.#status === 'compensating') next = await this.#compensate()
@@ -261,7 +284,7 @@ export class InstanceRun {
       this.#emit({
         type: 'error',
         phase: 'run',
-        ...(working === null ? {} : { step: working }),
+        ...(this.#working === null ? {} : { step: this.#working }),
         error: errorInfo(error),
       })
       // A row it needs cannot be read (a reply, a timeline detail: see StoredDataError): held
@@ -1086,11 +1109,11 @@ export class InstanceRun {
     work: readonly CommitWork[] = nothing,
   ): Promise<boolean> {
     const host = this.#host
-    const now = storedTime(host.clock)
-    const leaseEnd = options.release ? null : now + host.leaseMs
     if (options.release) this.#givenBack = true
-    const result = await host.write(
-      {
+    const built = (): TransitionWrite => {
+      const now = storedTime(host.clock)
+      const leaseEnd = options.release ? null : now + host.leaseMs
+      return {
         id: this.id,
         token: this.token,
         status: this.#status,
@@ -1107,9 +1130,48 @@ export class InstanceRun {
         events: this.#events,
         // Measured again when the write goes out: see TransitionWrite.lease.
         ...(leaseEnd === null ? {} : { lease: { clock: host.clock, ms: host.leaseMs } }),
-      },
-      work,
+      }
+    }
+    // Whether the commit work itself threw (the step's atCommit work, a reply step's send): that
+    // is the attempt's failure, for the caller to handle, never a reason to write again here.
+    let workThrew = false
+    const tracked = work.map(
+      (w): CommitWork =>
+        async (tx) => {
+          try {
+            await w(tx)
+          } catch (error) {
+            workThrew = true
+            throw error
+          }
+        },
     )
+    let firstFailure: number | undefined
+    let result: BatchOutcome
+    for (let retry = 0; ; retry++) {
+      try {
+        result = await host.write(built(), tracked)
+        break
+      } catch (error) {
+        firstFailure ??= host.clock.now()
+        const delay = workThrew ? undefined : this.#rewriteDelay(error, retry, firstFailure)
+        if (delay === undefined) throw error
+        const retryAt = host.clock.now() + delay
+        host.count('errors')
+        this.#emit({
+          type: 'error',
+          phase: 'run',
+          ...(this.#working === null ? {} : { step: this.#working }),
+          error: errorInfo(error),
+          retryAt,
+        })
+        // Aborted when the run is given up meanwhile (a lost lease, stop({ timeoutMs })):
+        // then the run ends as if this failure had ended it, and writes nothing more.
+        await sleep(host.clock, delay, this.#controller.signal).catch(() => {
+          throw error
+        })
+      }
+    }
     this.#events = []
     if (result === undefined) {
       this.markLost('write-refused')
@@ -1120,6 +1182,25 @@ export class InstanceRun {
     this.#cancelFlag = result.cancelRequested
     this.#cancelUnread = !options.release
     return true
+  }
+
+  // How long to wait before writing a state again whose write failed, or undefined to give
+  // the run up (the instance then resumes from its stored state once its lease runs out, its
+  // step run again). Given up, a lock timeout or a deadlock of the write that records a step
+  // ran the step's action (a payment call) a second time. Written again only when the write
+  // certainly did not commit: a lock or serialization failure the database answered with (it
+  // rolled the transaction back), and nothing the driver cannot vouch for. A connection lost
+  // with the write, or an internal error, may have committed it after COMMIT was sent, and the
+  // write is not idempotent (its timeline rows, its atCommit work): such a run is given up as
+  // before. The retries are few and end well within the lease (`leaseMs / 2` from the first
+  // failure, on the worker's clock), so the instance is not left to be taken over meanwhile;
+  // each write stays fenced by the lease token, so one taken over anyway is refused and lost.
+  #rewriteDelay(error: unknown, retry: number, firstFailure: number): number | undefined {
+    if (this.#halted !== undefined || retry >= stateWriteRetries) return undefined
+    if (!rolledBackWriteFailure(this.#host.db.dialect, error)) return undefined
+    const delay = stateWriteBackoffMs * 2 ** retry
+    const spent = this.#host.clock.now() - firstFailure
+    return spent + delay <= this.#host.leaseMs / 2 ? delay : undefined
   }
 
   // Before starting work, make sure the lease has not already run out (a long pause, a slow

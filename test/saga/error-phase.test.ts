@@ -55,12 +55,20 @@ describe('saga worker error events on postgres', () => {
         expect(phases).toContain('renew')
       }, DATABASE_WAIT)
       for (const e of errors()) expect(e.error).toMatchObject({ code: '55P03' })
-      // The step returns while the table is locked: its state write fails.
+      // The step returns while the table is locked: its state write fails, is written again
+      // a few times on the worker's clock (each failure an event with its retryAt), then the
+      // run is given up.
       finish.open()
+      await vi.waitFor(async () => {
+        await clock.advance(20)
+        expect(await Promise.race([running, undefined])).toBeDefined()
+      }, DATABASE_WAIT)
       const outcome = await running
       expect(outcome.status).not.toBe('completed')
-      const write = errors().find((e) => e.phase === 'run')
-      expect(write).toMatchObject({ sagaId: outcome.id, step: 'hold', error: { code: '55P03' } })
+      const writes = errors().filter((e) => e.phase === 'run')
+      for (const write of writes)
+        expect(write).toMatchObject({ sagaId: outcome.id, step: 'hold', error: { code: '55P03' } })
+      expect(writes.map((e) => e.retryAt !== undefined)).toEqual([true, true, true, false])
     } finally {
       await locker.query('COMMIT')
     }
