@@ -765,7 +765,9 @@ export class InstanceRun {
     await this.#fault('before-step', step.name)
     this.#host.count('stepAttempts')
     this.#emit({ type: 'step-started', step: step.name, attempt })
-    const work: AtCommitWork[] = []
+    // What `send` registers, afresh at each call: a state write that failed for a moment runs
+    // its transaction, `send` included, again, and the last call's list is closed.
+    let work: AtCommitWork[] = []
     const until = storedTime(this.#host.clock) + step.replyTimeoutMs
     const before = {
       status: state.status,
@@ -781,6 +783,7 @@ export class InstanceRun {
     // commit or neither, and the reply cannot arrive before the state that expects it.
     let refused: { readonly error: unknown } | undefined
     const send: CommitWork = async (tx) => {
+      work = []
       // Bounded: a send that never settles held the transaction and the lease for ever. Its
       // TimeoutError rolls the transaction back, so nothing is sent, and fails the attempt.
       const called = await this.#invoke((signal) => {

@@ -181,6 +181,82 @@ describe.each(targets)('a transient failure of a step state write on $name', (ta
   })
 })
 
+// A reply step's send runs in the transaction that records the step waiting: written again,
+// that transaction runs send again, and the atCommit work it registers must be taken again
+// (the first call's registration is closed once it returned).
+describe('a transient failure of a reply step state write on postgres', () => {
+  let setup: Setup
+  const log: EffectLog = effectLog(`state_write_sends_${randomUUID().slice(0, 8)}`)
+
+  beforeAll(async () => {
+    setup = await postgresSetup('saga_state_write_reply', 'lock_timeout=50')
+    await log.create(setup.t.db)
+  })
+  afterAll(async () => {
+    await setup?.close()
+  })
+
+  it('is written again with its send and the atCommit work send registers', async () => {
+    const clock = new ManualClock(0)
+    const inside = gate()
+    const release = gate()
+    let sends = 0
+    const saga = defineSaga({
+      name: `write-retry-reply-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          send: async (ctx) => {
+            sends++
+            ctx.atCommit(async (tx) => {
+              await log.record(tx, ctx.sagaId, 'sent')
+            })
+            inside.open()
+            await release.promise
+          },
+          awaitReply: { timeoutMs: 60_000 },
+        },
+      ],
+    })
+    const events: SagaEvent[] = []
+    const worker = createSagaWorker({ db: setup.db, sagas: [saga], clock, listen: false })
+    worker.events.on((e) => events.push(e))
+    await worker.start()
+    const running = worker.run(saga, {})
+    try {
+      await inside.promise
+      await setup.block()
+      try {
+        release.open()
+        await vi.waitFor(
+          () => expect(events.some((e) => e.type === 'error' && e.retryAt)).toBe(true),
+          DATABASE_WAIT,
+        )
+      } finally {
+        await setup.release()
+      }
+      await vi.waitFor(async () => {
+        await clock.advance(20)
+        expect(await Promise.race([running, undefined])).toBeDefined()
+      }, DATABASE_WAIT)
+      const { id, status } = await running
+      expect(status).toBe('running')
+      expect(events.filter((e) => e.type === 'step-failed')).toEqual([])
+      expect((await getSaga(setup.t.db, id))!.steps[0]).toMatchObject({
+        status: 'waiting',
+        sent: true,
+      })
+      // Send ran with each try of its transaction; what it wrote committed once.
+      expect(sends).toBe(2)
+      expect(await log.read(setup.t.db, id)).toEqual(['sent'])
+    } finally {
+      release.open()
+      await worker.stop()
+    }
+  })
+})
+
 // A connection lost with the write may have committed it (COMMIT sent, its answer lost), and a
 // state write is not idempotent (its timeline rows, its atCommit work): it is not written
 // again. The run is given up as before, and the step runs again once the lease runs out.
