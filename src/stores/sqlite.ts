@@ -119,6 +119,8 @@ export interface BetterSqliteDatabase {
   prepare(sql: string): BetterSqliteStatement
   /** Whether a transaction is open on this connection. */
   readonly inTransaction: boolean
+  /** The database file as it was opened (better-sqlite3's `name`), for error messages. */
+  readonly name?: string | undefined
 }
 
 interface CachedStatement {
@@ -193,6 +195,85 @@ class SqliteStatements {
 const emptyParams: readonly unknown[] = []
 
 /**
+ * SQLite's result codes for a failure of the file's surroundings rather than of the statement:
+ * no space left, a write lock held elsewhere, a file that may not be written, an I/O error, a
+ * file damaged or not a database. Their messages name no file.
+ */
+const environmentCodes = [
+  'SQLITE_FULL',
+  'SQLITE_BUSY',
+  'SQLITE_LOCKED',
+  'SQLITE_READONLY',
+  'SQLITE_IOERR',
+  'SQLITE_CORRUPT',
+  'SQLITE_NOTADB',
+  'SQLITE_CANTOPEN',
+  'SQLITE_PERM',
+]
+
+// Errors already given their file: a failure seen by both a transaction's statement and its
+// driver is described once.
+const described = new WeakSet<object>()
+
+/**
+ * Adds the database file, and what its code means for it, to a better-sqlite3 error of the
+ * file's surroundings (see environmentCodes). better-sqlite3 said only "database or disk is
+ * full", "database is locked" or "attempt to write a readonly database": a process with several
+ * SQLite files (an outbox beside a SQL-queue broker) logged a failure that named none of them,
+ * and a full disk or a file this user may not write read like a fault in breakwater. The error
+ * itself is kept (its class and `code`: `sqlErrorKind` and `classifyFailure` read it as
+ * before); only its message and the first line of its stack change. `busyTimeoutMs` is
+ * undefined for a connection breakwater did not configure (fromBetterSqlite).
+ */
+function describeSqliteFailure(
+  error: unknown,
+  filename: string | undefined,
+  busyTimeoutMs: number | undefined,
+): unknown {
+  if (!(error instanceof Error) || described.has(error)) return error
+  const code = (error as { code?: unknown }).code
+  if (typeof code !== 'string') return error
+  const base = environmentCodes.find((c) => code === c || code.startsWith(`${c}_`))
+  if (base === undefined) return error
+  described.add(error)
+  const file =
+    filename === undefined || filename === '' || filename === ':memory:'
+      ? 'the in-memory SQLite database'
+      : `SQLite file ${filename}`
+  const meaning = environmentMeaning(base, busyTimeoutMs)
+  const before = error.message
+  error.message = `${before} (${file}${meaning === '' ? '' : `: ${meaning}`})`
+  if (typeof error.stack === 'string') {
+    const head = `${error.name}: ${before}`
+    if (error.stack.startsWith(head)) {
+      error.stack = `${error.name}: ${error.message}${error.stack.slice(head.length)}`
+    }
+  }
+  return error
+}
+
+// What a code of environmentCodes means for the file, in the words of its message.
+function environmentMeaning(base: string, busyTimeoutMs: number | undefined): string {
+  switch (base) {
+    case 'SQLITE_FULL':
+      return 'no space left on its file system for it or its -wal file; nothing of the failed statement was written'
+    case 'SQLITE_BUSY':
+      return busyTimeoutMs === undefined
+        ? 'another connection held its write lock past the busy timeout; retryable'
+        : `another connection held its write lock for more than busyTimeoutMs (${busyTimeoutMs} ms); retryable`
+    case 'SQLITE_READONLY':
+      return 'it cannot be written: the file, or its folder (which holds its -wal and -shm files), is read-only for this user, or its file system is mounted read-only'
+    case 'SQLITE_IOERR':
+      return 'the operating system failed a read or write of it or its -wal or -shm file'
+    case 'SQLITE_CORRUPT':
+    case 'SQLITE_NOTADB':
+      return 'the file is damaged or is not a SQLite database'
+    default:
+      return ''
+  }
+}
+
+/**
  * Runs statements straight on the connection, but only while a transaction is open on it: what
  * {@link fromBetterSqlite} returns, and what a driver's transaction sees. Outside a transaction
  * every statement would commit on its own, apart from the writes it belongs with; `misuse` says
@@ -205,15 +286,25 @@ class TransactionExecutor implements SqlExecutor {
   readonly #db: BetterSqliteDatabase
   readonly #statements: SqliteStatements
   readonly #misuse: () => TransactionMisuseError
+  readonly #busyTimeoutMs: number | undefined
+  readonly #filename: string | undefined
 
+  /**
+   * `busyTimeoutMs` and `filename` (the file's real path) are known for a driver's own
+   * connection; an application's (fromBetterSqlite) is named by better-sqlite3's `name`.
+   */
   constructor(
     db: BetterSqliteDatabase,
     statements: SqliteStatements,
     misuse: () => TransactionMisuseError,
+    busyTimeoutMs?: number,
+    filename?: string,
   ) {
     this.#db = db
     this.#statements = statements
     this.#misuse = misuse
+    this.#busyTimeoutMs = busyTimeoutMs
+    this.#filename = filename
   }
 
   query<R = Record<string, unknown>>(
@@ -224,7 +315,9 @@ class TransactionExecutor implements SqlExecutor {
     try {
       return Promise.resolve(this.#statements.all(sql, params) as R[])
     } catch (error) {
-      return Promise.reject(error)
+      return Promise.reject(
+        describeSqliteFailure(error, this.#filename ?? this.#db.name, this.#busyTimeoutMs),
+      )
     }
   }
 
@@ -233,7 +326,9 @@ class TransactionExecutor implements SqlExecutor {
     try {
       return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
     } catch (error) {
-      return Promise.reject(error)
+      return Promise.reject(
+        describeSqliteFailure(error, this.#filename ?? this.#db.name, this.#busyTimeoutMs),
+      )
     }
   }
 }
@@ -284,6 +379,8 @@ export class SqliteDriver implements SqlDriver {
   readonly #walSizeLimitBytes: number
   /** The WAL size above which it is checkpointed (raised after a checkpoint that gave up). */
   #checkpointAbove: number
+  /** The file's real path, for error messages; undefined for an in-memory database. */
+  readonly #filename: string | undefined
   #closed = false
 
   /** @internal Use {@link createSqliteDriver}. */
@@ -294,6 +391,7 @@ export class SqliteDriver implements SqlDriver {
     busyTimeoutMs: number,
     walFile?: string,
     walSizeLimitBytes = defaultWalSizeLimitBytes,
+    filename = walFile?.slice(0, -'-wal'.length),
   ) {
     this.#db = db
     this.#file = file
@@ -302,7 +400,20 @@ export class SqliteDriver implements SqlDriver {
     this.#walSizeLimitBytes = walSizeLimitBytes
     this.#checkpointAbove = walSizeLimitBytes
     this.#statements = new SqliteStatements(db, statementCacheSize)
-    this.#inTransaction = new TransactionExecutor(db, this.#statements, rolledBackBySqlite)
+    this.#filename = filename
+    this.#inTransaction = new TransactionExecutor(
+      db,
+      this.#statements,
+      rolledBackBySqlite,
+      busyTimeoutMs,
+      filename,
+    )
+  }
+
+  // A failure of one of this driver's statements, BEGIN or COMMIT, naming the file when its
+  // surroundings failed (see describeSqliteFailure).
+  #described(error: unknown): unknown {
+    return describeSqliteFailure(error, this.#filename, this.#busyTimeoutMs)
   }
 
   query<R = Record<string, unknown>>(
@@ -322,7 +433,7 @@ export class SqliteDriver implements SqlDriver {
       if (--this.#untilWalCheck <= 0) this.#checkWal(false)
       return Promise.resolve(rows)
     } catch (error) {
-      return Promise.reject(error)
+      return Promise.reject(this.#described(error))
     }
   }
 
@@ -339,7 +450,7 @@ export class SqliteDriver implements SqlDriver {
       if (--this.#untilWalCheck <= 0) this.#checkWal(false)
       return Promise.resolve({ rowCount })
     } catch (error) {
-      return Promise.reject(error)
+      return Promise.reject(this.#described(error))
     }
   }
 
@@ -356,14 +467,14 @@ export class SqliteDriver implements SqlDriver {
       // the read can run at once; queueing could put it behind a write of this driver that
       // waits for that very transaction.
       if (this.#closed) throw new StoreClosedError('sqlite')
-      return run()
+      return this.#runDescribed(run)
     }
     await this.#mutex.acquire()
     try {
       if (writes) await this.#takeFileLock()
       try {
         if (this.#closed) throw new StoreClosedError('sqlite')
-        const result = run()
+        const result = this.#runDescribed(run)
         if (writes && --this.#untilWalCheck <= 0) this.#checkWal(true)
         return result
       } finally {
@@ -371,6 +482,14 @@ export class SqliteDriver implements SqlDriver {
       }
     } finally {
       this.#mutex.release()
+    }
+  }
+
+  #runDescribed<T>(run: () => T): T {
+    try {
+      return run()
+    } catch (error) {
+      throw this.#described(error)
     }
   }
 
@@ -416,7 +535,11 @@ export class SqliteDriver implements SqlDriver {
         if (this.#closed) throw new StoreClosedError('sqlite')
         // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
         // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
-        this.#db.exec('BEGIN IMMEDIATE')
+        try {
+          this.#db.exec('BEGIN IMMEDIATE')
+        } catch (error) {
+          throw this.#described(error)
+        }
         // finish(): the last statement and COMMIT run at once (no round trips to save here,
         // but the same semantics as on PostgreSQL: committed before finish() resolves).
         let finished: { error?: unknown } | undefined
@@ -433,8 +556,8 @@ export class SqliteDriver implements SqlDriver {
             return Promise.resolve(outcome)
           } catch (error) {
             this.#rollbackQuietly()
-            finished.error = error
-            return Promise.reject(error)
+            finished.error = this.#described(error)
+            return Promise.reject(finished.error)
           }
         })
         let result: T
@@ -459,7 +582,7 @@ export class SqliteDriver implements SqlDriver {
           this.#db.exec('COMMIT')
         } catch (error) {
           this.#rollbackQuietly()
-          throw error
+          throw this.#described(error)
         }
         if (--this.#untilWalCheck <= 0) this.#checkWal(true)
         return result
