@@ -17,7 +17,7 @@ import {
 } from '../../src/saga/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { gate } from '../support/gate.js'
+import { type Gate, gate } from '../support/gate.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { type EffectLog, effectLog, postgresDb, sqliteDb, type TestDb } from './databases.js'
 
@@ -133,6 +133,46 @@ async function untilCompleted(t: TestDb, clock: ManualClock, id: string): Promis
   }, DATABASE_WAIT)
 }
 
+/**
+ * Runs `saga` on a worker until the function that opens `inside` waits on `finish`, blocks the
+ * state write that follows it once, and resolves to the run's outcome once it has settled (the
+ * run returns when its instance suspends or finishes), with the worker's events.
+ */
+async function throughOneFailure(
+  setup: Setup,
+  saga: Parameters<SagaWorker['run']>[0],
+  inside: Gate,
+  finish: Gate,
+) {
+  const clock = new ManualClock(0)
+  const events: SagaEvent[] = []
+  const worker = createSagaWorker({ db: setup.db, sagas: [saga], clock, listen: false })
+  worker.events.on((e) => events.push(e))
+  await worker.start()
+  const running = worker.run(saga, {})
+  try {
+    await inside.promise
+    await setup.block()
+    try {
+      finish.open()
+      await vi.waitFor(
+        () => expect(events.some((e) => e.type === 'error' && e.step !== undefined)).toBe(true),
+        DATABASE_WAIT,
+      )
+    } finally {
+      await setup.release()
+    }
+    await vi.waitFor(async () => {
+      await clock.advance(20)
+      expect(await Promise.race([running, undefined])).toBeDefined()
+    }, DATABASE_WAIT)
+    return { outcome: await running, events }
+  } finally {
+    finish.open()
+    await worker.stop()
+  }
+}
+
 const targets = [
   { name: 'postgres', open: () => postgresSetup('saga_state_write_retry', 'lock_timeout=50') },
   { name: 'sqlite', open: () => sqliteSetup('saga_state_write_retry') },
@@ -181,6 +221,54 @@ describe.each(targets)('a transient failure of a step state write on $name', (ta
   })
 })
 
+// A compensation's outcome is recorded by the same write: one failure of it must not run the
+// compensation (a refund) again either.
+describe.each(targets)('a transient failure of a compensation state write on $name', (target) => {
+  let setup: Setup
+
+  beforeAll(async () => {
+    setup = await target.open()
+  })
+  afterAll(async () => {
+    await setup?.close()
+  })
+
+  it('is written again in place: the compensation runs once', async () => {
+    const inside = gate()
+    const finish = gate()
+    let refunds = 0
+    const saga = defineSaga({
+      name: `write-retry-undo-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          action: async () => {},
+          compensation: async () => {
+            refunds++
+            inside.open()
+            await finish.promise
+          },
+        },
+        {
+          name: 'ship',
+          action: async () => {
+            throw new Error('no such address')
+          },
+        },
+      ],
+    })
+    const { outcome, events } = await throughOneFailure(setup, saga, inside, finish)
+    expect(refunds).toBe(1)
+    expect(outcome.status).toBe('compensated')
+    expect(events.find((e) => e.type === 'error')).toMatchObject({
+      phase: 'run',
+      step: 'charge',
+      retryAt: expect.any(Number),
+    })
+  })
+})
+
 // A reply step's send runs in the transaction that records the step waiting: written again,
 // that transaction runs send again, and the atCommit work it registers must be taken again
 // (the first call's registration is closed once it returned).
@@ -197,9 +285,8 @@ describe('a transient failure of a reply step state write on postgres', () => {
   })
 
   it('is written again with its send and the atCommit work send registers', async () => {
-    const clock = new ManualClock(0)
     const inside = gate()
-    const release = gate()
+    const finish = gate()
     let sends = 0
     const saga = defineSaga({
       name: `write-retry-reply-${randomUUID().slice(0, 8)}`,
@@ -213,47 +300,23 @@ describe('a transient failure of a reply step state write on postgres', () => {
               await log.record(tx, ctx.sagaId, 'sent')
             })
             inside.open()
-            await release.promise
+            await finish.promise
           },
           awaitReply: { timeoutMs: 60_000 },
         },
       ],
     })
-    const events: SagaEvent[] = []
-    const worker = createSagaWorker({ db: setup.db, sagas: [saga], clock, listen: false })
-    worker.events.on((e) => events.push(e))
-    await worker.start()
-    const running = worker.run(saga, {})
-    try {
-      await inside.promise
-      await setup.block()
-      try {
-        release.open()
-        await vi.waitFor(
-          () => expect(events.some((e) => e.type === 'error' && e.retryAt)).toBe(true),
-          DATABASE_WAIT,
-        )
-      } finally {
-        await setup.release()
-      }
-      await vi.waitFor(async () => {
-        await clock.advance(20)
-        expect(await Promise.race([running, undefined])).toBeDefined()
-      }, DATABASE_WAIT)
-      const { id, status } = await running
-      expect(status).toBe('running')
-      expect(events.filter((e) => e.type === 'step-failed')).toEqual([])
-      expect((await getSaga(setup.t.db, id))!.steps[0]).toMatchObject({
-        status: 'waiting',
-        sent: true,
-      })
-      // Send ran with each try of its transaction; what it wrote committed once.
-      expect(sends).toBe(2)
-      expect(await log.read(setup.t.db, id)).toEqual(['sent'])
-    } finally {
-      release.open()
-      await worker.stop()
-    }
+    const { outcome, events } = await throughOneFailure(setup, saga, inside, finish)
+    expect(outcome.status).toBe('running')
+    expect(events.filter((e) => e.type === 'step-failed')).toEqual([])
+    expect(events.find((e) => e.type === 'error')).toMatchObject({ retryAt: expect.any(Number) })
+    expect((await getSaga(setup.t.db, outcome.id))!.steps[0]).toMatchObject({
+      status: 'waiting',
+      sent: true,
+    })
+    // Send ran with each try of its transaction; what it wrote committed once.
+    expect(sends).toBe(2)
+    expect(await log.read(setup.t.db, outcome.id)).toEqual(['sent'])
   })
 })
 
