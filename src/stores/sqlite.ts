@@ -737,7 +737,9 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   try {
     db = new Database(filename)
   } catch (error) {
-    throw unwritableFolder(filename, error) ?? error
+    // A folder that is writable leaves SQLite's own failure (a full disk, an I/O error): it
+    // names the file too, as a running driver's do.
+    throw unwritableFolder(filename, error) ?? describeSqliteFailure(error, filename, busyTimeoutMs)
   }
   let fileKey: string | undefined
   try {
@@ -753,7 +755,10 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.pragma(`journal_size_limit = ${walSizeLimitBytes}`)
   } catch (error) {
     db.close()
-    throw unwritableFolder(filename, error) ?? error
+    throw (
+      unwritableFolder(filename, error) ??
+      describeSqliteFailure(error, fileKey ?? filename, busyTimeoutMs)
+    )
   }
   return new SqliteDriver(
     db,

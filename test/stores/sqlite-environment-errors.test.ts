@@ -130,6 +130,21 @@ describe.skipIf(typeof mounted === 'string')(
         fs.unmount()
       }
     })
+
+    it('names the file when a new database cannot even be created there', async () => {
+      const fs = tinyFileSystem('1m')
+      if (typeof fs === 'string') throw new Error(fs)
+      try {
+        fillUp(fs.dir)
+        const filename = join(fs.dir, 'new.db')
+        const failure = await failureOf(createSqliteDriver({ filename }))
+        expect(failure).toMatchObject({ code: 'SQLITE_FULL' })
+        expect(failure.message).toContain(filename)
+        expect(failure.message).toMatch(/no space left/)
+      } finally {
+        fs.unmount()
+      }
+    })
   },
 )
 
