@@ -125,6 +125,23 @@ async function heldCharge(db: SqlDriver, clock: ManualClock, atCommit?: EffectLo
   return { worker, running, runs, events, failures, finish: () => finish.open() }
 }
 
+/**
+ * Lets `held`'s step return while the state write it needs is blocked, so that write fails
+ * once, then frees the database: resolves to that failure (with the instance's id), the run
+ * then waiting to write again.
+ */
+async function failedOnce(setup: Setup, held: Awaited<ReturnType<typeof heldCharge>>) {
+  await setup.block()
+  try {
+    held.finish()
+    await vi.waitFor(() => expect(held.failures()).not.toEqual([]), DATABASE_WAIT)
+  } finally {
+    await setup.release()
+  }
+  const failure = held.failures()[0]!
+  return { failure, id: failure.sagaId! }
+}
+
 /** Advances `clock` until the instance `id` is completed, wherever it runs. */
 async function untilCompleted(t: TestDb, clock: ManualClock, id: string): Promise<void> {
   await vi.waitFor(async () => {
@@ -197,16 +214,7 @@ describe.each(targets)('a transient failure of a step state write on $name', (ta
     const clock = new ManualClock(0)
     const held = await heldCharge(setup.db, clock, atCommit ? log : undefined)
     try {
-      await setup.block()
-      try {
-        // The action returns while the write it needs is blocked: that write fails once.
-        held.finish()
-        await vi.waitFor(() => expect(held.failures()).not.toEqual([]), DATABASE_WAIT)
-      } finally {
-        await setup.release()
-      }
-      const [failure] = held.failures()
-      const id = failure!.sagaId!
+      const { failure, id } = await failedOnce(setup, held)
       await untilCompleted(setup.t, clock, id)
       expect(held.runs).toEqual({ charge: 1, ship: 1 })
       expect((await held.running).status).toBe('completed')
@@ -214,6 +222,36 @@ describe.each(targets)('a transient failure of a step state write on $name', (ta
       if (atCommit) expect(await log.read(setup.t.db, id)).toEqual(['charged'])
       expect(failure).toMatchObject({ phase: 'run', sagaId: id, retryAt: expect.any(Number) })
       expect(held.events.filter((e) => e.type === 'recovered')).toEqual([])
+    } finally {
+      held.finish()
+      await held.worker.stop()
+    }
+  })
+
+  // The wait before writing again is the run's: stop({ timeoutMs }) that gives up on the run
+  // during it ends it there, and nothing more is written for the instance (its lease is left
+  // to run out, the step to run again elsewhere), however far the clock then goes.
+  it('is not written again once stop({ timeoutMs }) gave up on the run', async () => {
+    const clock = new ManualClock(0)
+    const held = await heldCharge(setup.db, clock)
+    try {
+      const { failure, id } = await failedOnce(setup, held)
+      // The write is written again at 20 ms; the stop gives up at 10.
+      expect(failure.retryAt).toBe(20)
+      const before = await getSaga(setup.t.db, id)
+      let stopped = false
+      const stopping = held.worker.stop({ timeoutMs: 10 }).then(() => {
+        stopped = true
+      })
+      await clock.advance(10)
+      expect(stopped).toBe(true)
+      await stopping
+      await clock.advance(1_000)
+      await held.running
+      expect(await getSaga(setup.t.db, id)).toEqual(before)
+      expect(held.runs).toEqual({ charge: 1, ship: 0 })
+      expect(held.failures()).toHaveLength(1)
+      expect(held.events.some((e) => e.type === 'abandoned')).toBe(true)
     } finally {
       held.finish()
       await held.worker.stop()
