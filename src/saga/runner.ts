@@ -1196,8 +1196,9 @@ export class InstanceRun {
   // with the write, or an internal error, may have committed it after COMMIT was sent, and the
   // write is not idempotent (its timeline rows, its atCommit work): such a run is given up as
   // before. The retries are few and end well within the lease (`leaseMs / 2` from the first
-  // failure, on the worker's clock), so the instance is not left to be taken over meanwhile;
-  // each write stays fenced by the lease token, so one taken over anyway is refused and lost.
+  // failure, on the worker's clock), so the instance is usually not taken over meanwhile (not
+  // a guarantee: renewals can fail or skip the row while the lock is held); each write stays
+  // fenced by the lease token, so one taken over anyway is refused and lost.
   #rewriteDelay(error: unknown, retry: number, firstFailure: number): number | undefined {
     if (this.#halted !== undefined || retry >= stateWriteRetries) return undefined
     if (!rolledBackWriteFailure(this.#host.db.dialect, error)) return undefined
