@@ -389,14 +389,13 @@ export class SqliteDriver implements SqlDriver {
     statementCacheSize: number,
     file: FileLock,
     busyTimeoutMs: number,
-    walFile?: string,
+    filename?: string,
     walSizeLimitBytes = defaultWalSizeLimitBytes,
-    filename = walFile?.slice(0, -'-wal'.length),
   ) {
     this.#db = db
     this.#file = file
     this.#busyTimeoutMs = busyTimeoutMs
-    this.#walFile = walFile
+    this.#walFile = filename === undefined ? undefined : `${filename}-wal`
     this.#walSizeLimitBytes = walSizeLimitBytes
     this.#checkpointAbove = walSizeLimitBytes
     this.#statements = new SqliteStatements(db, statementCacheSize)
@@ -765,7 +764,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     cacheSize,
     fileLock(fileKey),
     busyTimeoutMs,
-    fileKey === undefined ? undefined : `${fileKey}-wal`,
+    fileKey,
     walSizeLimitBytes,
   )
 }
