@@ -2,8 +2,8 @@
 // adapter fills, so it works alike on NATS, RabbitMQ, Redis, the SQL queue and any Subscriber
 // of the application's own, without a broker-side setting (NATS max_deliver, a RabbitMQ
 // x-delivery-limit) that would drop or divert the message where the per-key order cannot see it.
-import { type Counter, metrics } from '@opentelemetry/api'
 import { BreakwaterError } from '../core/errors.js'
+import { otelInstruments } from '../core/otel-instruments.js'
 import { checkFunction, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import { LruCache } from '../stores/lru.js'
@@ -82,16 +82,12 @@ export interface DeadLetteredEvent {
 
 const deadLetteredChannel = diagnosticsChannel('broker', 'dead-lettered')
 
-let deadLetterCounter: Counter | undefined
-// Created on first use, not at import, so an SDK registered at startup is picked up.
-function deadLetters(): Counter {
-  deadLetterCounter ??= metrics
-    .getMeter('breakwater')
-    .createCounter('breakwater.broker.dead_letters', {
-      description: 'Messages given up by withDeliveryLimit after maxDeliveries (attribute topic)',
-    })
-  return deadLetterCounter
-}
+// Made on first use, not at import, and again for a new global meter provider.
+const deadLetters = otelInstruments((meter) =>
+  meter.createCounter('breakwater.broker.dead_letters', {
+    description: 'Messages given up by withDeliveryLimit after maxDeliveries (attribute topic)',
+  }),
+)
 
 // Last errors of messages whose onDeadLetter failed, kept for the hook's next try: bounded,
 // the least recently used dropped first (its next try then gets a DeliveryLimitError instead).

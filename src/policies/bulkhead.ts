@@ -1,6 +1,6 @@
-import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { otelInstruments } from '../core/otel-instruments.js'
 import {
   checkInteger,
   checkKnownOptions,
@@ -116,7 +116,12 @@ export function bulkhead(options: BulkheadOptions): Bulkhead {
 }
 
 const rejectedChannel = diagnosticsChannel('bulkhead', 'rejected')
-let rejectionCounter: Counter | undefined
+// Made on the first rejection, not at import, and again for a new global meter provider.
+const rejectionCounter = otelInstruments((meter) =>
+  meter.createCounter('breakwater.bulkhead.rejections', {
+    description: 'Calls a bulkhead refused, by reason',
+  }),
+)
 
 // A queued call. Nodes form a doubly linked list so that an abort or a queue timeout removes
 // its node in O(1) wherever it sits.
@@ -351,12 +356,10 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
     if (this.events.hasListeners) this.events.emit({ type: 'rejected', reason })
     if (rejectedChannel.hasSubscribers)
       rejectedChannel.publish({ name: this.name, reason, bulkhead: this })
-    rejectionCounter ??= metrics
-      .getMeter('breakwater')
-      .createCounter('breakwater.bulkhead.rejections', {
-        description: 'Calls a bulkhead refused, by reason',
-      })
-    rejectionCounter.add(1, this.name === undefined ? { reason } : { reason, bulkhead: this.name })
+    rejectionCounter().add(
+      1,
+      this.name === undefined ? { reason } : { reason, bulkhead: this.name },
+    )
   }
 }
 

@@ -1,6 +1,6 @@
-import { type Counter, metrics } from '@opentelemetry/api'
 import type { Clock, TimerHandle } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
+import { otelInstruments } from '../core/otel-instruments.js'
 import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import {
   type BreakerWindow,
@@ -284,7 +284,12 @@ export const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
 const defaultWindow: BreakerWindowOptions = Object.freeze({ kind: 'consecutive', failures: 5 })
 
 const stateChangeChannel = diagnosticsChannel('breaker', 'state-change')
-let transitionCounter: Counter | undefined
+// Made on the first transition, not at import, and again for a new global meter provider.
+const transitionCounter = otelInstruments((meter) =>
+  meter.createCounter('breakwater.breaker.transitions', {
+    description: 'Circuit breaker state changes, by from and to state',
+  }),
+)
 
 // How a finished call counts: 'answered' = threw an error that is not a failure.
 type Outcome = 'success' | 'answered' | 'error' | 'slow' | 'ignored'
@@ -663,12 +668,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     if (this.events.hasListeners) this.events.emit({ type: 'stateChange', from, to })
     if (stateChangeChannel.hasSubscribers)
       stateChangeChannel.publish({ name: this.name, from, to, breaker: this })
-    transitionCounter ??= metrics
-      .getMeter('breakwater')
-      .createCounter('breakwater.breaker.transitions', {
-        description: 'Circuit breaker state changes, by from and to state',
-      })
-    transitionCounter.add(
+    transitionCounter().add(
       1,
       this.name === undefined ? { from, to } : { from, to, breaker: this.name },
     )

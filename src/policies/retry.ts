@@ -1,6 +1,6 @@
-import { metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
+import { otelInstruments } from '../core/otel-instruments.js'
 import {
   checkFunction,
   checkKnownOptions,
@@ -218,25 +218,21 @@ interface RetryCounters {
   readonly retries: Counter
   readonly giveUps: Counter
 }
-let counters: RetryCounters | undefined
-// Created on first use, not at import, so an SDK registered at startup is picked up.
-function retryCounters(): RetryCounters {
-  if (counters === undefined) {
-    const meter = metrics.getMeter('breakwater')
-    counters = {
-      attempts: meter.createCounter('breakwater.retry.attempts', {
-        description: 'Attempts made by retry policies, first calls included',
-      }),
-      retries: meter.createCounter('breakwater.retry.retries', {
-        description: 'Retries scheduled by retry policies',
-      }),
-      giveUps: meter.createCounter('breakwater.retry.give_ups', {
-        description: 'Calls that failed for good after retrying (attribute reason)',
-      }),
-    }
-  }
-  return counters
-}
+// Made on first use, not at import, and again for a new global meter provider (see
+// otelInstruments).
+const retryCounters = otelInstruments(
+  (meter): RetryCounters => ({
+    attempts: meter.createCounter('breakwater.retry.attempts', {
+      description: 'Attempts made by retry policies, first calls included',
+    }),
+    retries: meter.createCounter('breakwater.retry.retries', {
+      description: 'Retries scheduled by retry policies',
+    }),
+    giveUps: meter.createCounter('breakwater.retry.give_ups', {
+      description: 'Calls that failed for good after retrying (attribute reason)',
+    }),
+  }),
+)
 const giveUpAttributes: Readonly<Record<GiveUpReason, Record<string, string>>> = {
   notRetryable: { reason: 'notRetryable' },
   maxAttempts: { reason: 'maxAttempts' },

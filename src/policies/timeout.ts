@@ -1,6 +1,6 @@
-import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { otelInstruments } from '../core/otel-instruments.js'
 import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import {
   type CancelParent,
@@ -88,16 +88,15 @@ const modes: readonly TimeoutMode[] = ['cooperative', 'hard']
 interface TimeoutCounters {
   readonly timeouts: { add(value: number, attributes?: Record<string, string>): void }
 }
-let counters: TimeoutCounters | undefined
-// Created on the first timeout, not at import, so an SDK registered at startup is picked up.
-function timeoutCounters(): TimeoutCounters {
-  counters ??= {
-    timeouts: metrics.getMeter('breakwater').createCounter('breakwater.timeout.timeouts', {
+// Made on the first timeout, not at import, and again for a new global meter provider (see
+// otelInstruments).
+const timeoutCounters = otelInstruments(
+  (meter): TimeoutCounters => ({
+    timeouts: meter.createCounter('breakwater.timeout.timeouts', {
       description: 'Calls that ran out of time (attribute reason: timeout or deadline)',
     }),
-  }
-  return counters
-}
+  }),
+)
 const timeoutAttributes = { reason: 'timeout' }
 const deadlineAttributes = { reason: 'deadline' }
 

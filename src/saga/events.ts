@@ -1,5 +1,5 @@
 import { type Channel, channel } from 'node:diagnostics_channel'
-import { metrics } from '@opentelemetry/api'
+import { otelInstruments } from '../core/otel-instruments.js'
 import type { ErrorInfo } from './state.js'
 
 /** What a saga worker reports. */
@@ -206,31 +206,29 @@ const stepDurationBuckets = [
   0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 ]
 
-let instruments: SagaInstruments | undefined
-// Created on first use, not at import, so an SDK registered at startup is picked up.
-export function sagaInstruments(): SagaInstruments {
-  if (instruments === undefined) {
-    const meter = metrics.getMeter('breakwater')
-    instruments = {
-      events: meter.createCounter('breakwater.saga.events', {
-        description: 'Saga worker events (attribute type: step-completed, compensated, ...)',
-      }),
-      // Seconds: recorded in ms, it was exported to Prometheus as `..._milliseconds` and read
-      // as seconds beside the relay's and proxy's latencies; the SDK's default buckets (0 to
-      // 10 000) are made for ms, hence these.
-      stepDuration: meter.createHistogram('breakwater.saga.step.duration', {
-        description: 'Run time of saga actions and compensations',
-        unit: 's',
-        advice: { explicitBucketBoundaries: stepDurationBuckets },
-      }),
-      missingDefinition: meter.createGauge('breakwater.saga.definition_missing.instances', {
-        description: 'Due saga instances of a definition (saga, version) the worker does not have',
-        unit: '{instance}',
-      }),
-    }
-  }
-  return instruments
-}
+/**
+ * The saga worker's OpenTelemetry instruments: made on first use, not at import, and again for
+ * a new global meter provider.
+ */
+export const sagaInstruments = otelInstruments(
+  (meter): SagaInstruments => ({
+    events: meter.createCounter('breakwater.saga.events', {
+      description: 'Saga worker events (attribute type: step-completed, compensated, ...)',
+    }),
+    // Seconds: recorded in ms, it was exported to Prometheus as `..._milliseconds` and read
+    // as seconds beside the relay's and proxy's latencies; the SDK's default buckets (0 to
+    // 10 000) are made for ms, hence these.
+    stepDuration: meter.createHistogram('breakwater.saga.step.duration', {
+      description: 'Run time of saga actions and compensations',
+      unit: 's',
+      advice: { explicitBucketBoundaries: stepDurationBuckets },
+    }),
+    missingDefinition: meter.createGauge('breakwater.saga.definition_missing.instances', {
+      description: 'Due saga instances of a definition (saga, version) the worker does not have',
+      unit: '{instance}',
+    }),
+  }),
+)
 
 const channels = new Map<string, Channel>()
 

@@ -1,7 +1,7 @@
 // An OpenTelemetry meter that records what is created on it and what its counters, histograms
 // and gauges are given, for tests of breakwater's instruments. Every other instrument is the
 // API's no-op one. Register it with `metrics.setGlobalMeterProvider({ getMeter: () => meter })`
-// before the code under test creates its instruments (they are created on first use).
+// (or recordOtelCounters); breakwater makes its instruments anew when the provider changes.
 import {
   type Attributes,
   createNoopMeter,

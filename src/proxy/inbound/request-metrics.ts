@@ -4,8 +4,9 @@
 // place for the gateway, the ambassador and the listener's own refusals, so the Prometheus
 // series and the OpenTelemetry counter and histogram always agree.
 
-import { type Attributes, metrics as otel } from '@opentelemetry/api'
+import type { Attributes } from '@opentelemetry/api'
 import type { Clock } from '../../core/clock.js'
+import { otelInstruments } from '../../core/otel-instruments.js'
 import {
   type Counter,
   type Histogram,
@@ -129,32 +130,27 @@ interface OtelRequestInstruments {
   readonly requests: { add(value: number, attributes?: Attributes): void }
   readonly duration: { record(value: number, attributes?: Attributes): void }
 }
-let otelInstruments: OtelRequestInstruments | undefined
-// Created on first use, not at import, so an SDK registered at startup is picked up. Without
+// Made on first use, not at import, and again for a new global meter provider. Without
 // one they are the API's no-op instruments, whose add and record are empty methods TurboFan
 // inlines into countRequest. The histogram's record added 10 to 60 instructions to about
 // 5,000 per countRequest (callgrind, no SDK), under 0.05% of a request's 130,000; testing for
 // the no-op instance to skip the call saved none of them, so it is not done.
-function otelRequestInstruments(): OtelRequestInstruments {
-  if (otelInstruments === undefined) {
-    const meter = otel.getMeter('breakwater')
-    otelInstruments = {
-      requests: meter.createCounter('breakwater.proxy.requests', {
-        description:
-          'Requests a proxy listener answered (attributes listener, route, service, status)',
-      }),
-      // Seconds, with the Prometheus histogram's buckets: the SDK's default ones (0 to 10 000)
-      // are made for milliseconds, and every breakwater duration is in seconds.
-      duration: meter.createHistogram('breakwater.proxy.request.duration', {
-        description:
-          'Request time from the first byte read to the end of the response, of the requests of breakwater.proxy.requests read far enough to be routed (same attributes)',
-        unit: 's',
-        advice: { explicitBucketBoundaries: durationBuckets },
-      }),
-    }
-  }
-  return otelInstruments
-}
+const otelRequestInstruments = otelInstruments(
+  (meter): OtelRequestInstruments => ({
+    requests: meter.createCounter('breakwater.proxy.requests', {
+      description:
+        'Requests a proxy listener answered (attributes listener, route, service, status)',
+    }),
+    // Seconds, with the Prometheus histogram's buckets: the SDK's default ones (0 to 10 000)
+    // are made for milliseconds, and every breakwater duration is in seconds.
+    duration: meter.createHistogram('breakwater.proxy.request.duration', {
+      description:
+        'Request time from the first byte read to the end of the response, of the requests of breakwater.proxy.requests read far enough to be routed (same attributes)',
+      unit: 's',
+      advice: { explicitBucketBoundaries: durationBuckets },
+    }),
+  }),
+)
 
 /** What {@link countRequest} needs of the listener's context. */
 export interface RequestMetricsContext {

@@ -1,0 +1,26 @@
+import { type Meter, type MeterProvider, metrics } from '@opentelemetry/api'
+
+/**
+ * Returns a getter for OpenTelemetry instruments that `create` makes from the `breakwater`
+ * meter: made on the getter's first call, not at import, and made again whenever the global
+ * meter provider has changed since.
+ *
+ * Why not once for good: the metrics API has no proxy provider (its tracing API has one), so an
+ * instrument made before an SDK is registered is the no-op one for ever. An application that
+ * starts its SDK after a first retry, timeout or request (a lazy or asynchronous start-up) would
+ * have exported nothing from breakwater; so would one that replaces its provider
+ * (`metrics.disable()`, then `setGlobalMeterProvider`). Checking the provider costs a property
+ * read of the API's global per recorded value, against the SDK's own work for the value.
+ */
+export function otelInstruments<T>(create: (meter: Meter) => T): () => T {
+  let madeFor: MeterProvider | undefined
+  let instruments: T | undefined
+  return () => {
+    const provider = metrics.getMeterProvider()
+    if (instruments === undefined || provider !== madeFor) {
+      instruments = create(provider.getMeter('breakwater'))
+      madeFor = provider
+    }
+    return instruments
+  }
+}
