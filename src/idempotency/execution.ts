@@ -1,7 +1,7 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
 import type { Jsonified } from '../core/jsonified.js'
 import { checkStoredName } from '../core/text.js'
-import { rolledBackByServer } from '../stores/errors.js'
+import { committedNothing } from '../stores/errors.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError, IdempotencyReleaseError } from './errors.js'
@@ -399,15 +399,15 @@ export class Execution {
 /**
  * Whether a failed commit may have happened all the same: as the store says
  * ({@link IdempotencyStore.commitInDoubt}: the Redis store's script sent on a connection lost
- * before its reply), else on PostgreSQL unless the server answered with an error (the
- * transaction rolled back) or the driver found the transaction already failed (answered with
- * ROLLBACK). A SQLite commit runs in process and ends one way or the other, and so does the
+ * before its reply), else on PostgreSQL unless it certainly committed nothing
+ * ({@link committedNothing}: the server answered with an error, or the pool had no connection
+ * to send it on) or the driver found the transaction already failed (answered with ROLLBACK). A SQLite commit runs in process and ends one way or the other, and so does the
  * memory store's.
  */
 function commitInDoubt(store: IdempotencyStore, error: unknown): boolean {
   if (store.commitInDoubt !== undefined) return store.commitInDoubt(error)
   if (store.dialect !== 'postgres') return false
-  return !(error instanceof TransactionMisuseError) && !rolledBackByServer(error)
+  return !(error instanceof TransactionMisuseError) && !committedNothing('postgres', error)
 }
 
 function phaseMisuse(): TransactionMisuseError {

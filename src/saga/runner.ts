@@ -5,10 +5,10 @@ import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
 import { predicateAnswer } from '../policies/options.js'
 import {
+  committedNothing,
   parseStoredJson,
   readStoredNumber,
   readStoredWholeNumber,
-  rolledBackByServer,
   StoredDataError,
   sqlErrorKind,
 } from '../stores/errors.js'
@@ -99,9 +99,7 @@ const stateWriteBackoffMs = 20
  */
 function rolledBackWriteFailure(dialect: SqlDriver['dialect'], error: unknown): boolean {
   const kind = sqlErrorKind(error)
-  if (kind !== 'busy' && kind !== 'serialization-failure') return false
-  if (dialect === 'sqlite') return true
-  return (error as { code?: unknown }).code === 'STORE_BUSY' || rolledBackByServer(error)
+  return (kind === 'busy' || kind === 'serialization-failure') && committedNothing(dialect, error)
 }
 
 /** What the runner needs from its worker. */

@@ -1,5 +1,6 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
 import { isObjectRecord } from '../core/validate.js'
+import type { SqlDialect } from './types.js'
 
 /** The driver package a database URL needs (`better-sqlite3` or `pg`) is not installed. */
 export class DriverMissingError extends BreakwaterError {
@@ -273,4 +274,18 @@ export function rolledBackByServer(error: unknown): boolean {
     return false
   }
   return !code.startsWith('08') && !code.startsWith('57P0') && !code.startsWith('XX')
+}
+
+/**
+ * Whether a failed transaction, its COMMIT included, certainly committed nothing, so that what
+ * it was to record may be written again or given up: any failure on SQLite (the database runs
+ * in process, and a COMMIT that fails leaves nothing applied), a PostgreSQL pool that handed out
+ * no connection in time (`STORE_BUSY`: nothing was sent), or an error the PostgreSQL server
+ * answered with ({@link rolledBackByServer}). A lost connection is not: its COMMIT may have
+ * been applied. Internal: the one answer that the saga runner (may a state write be retried?)
+ * and idempotency (may a key be released?) both need.
+ */
+export function committedNothing(dialect: SqlDialect, error: unknown): boolean {
+  if (dialect === 'sqlite') return true
+  return (error as { code?: unknown } | null)?.code === 'STORE_BUSY' || rolledBackByServer(error)
 }
