@@ -147,9 +147,17 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     return this.#queued + this.#running
   }
 
-  /** How many more deliveries fit before the capacity is reached. */
+  /**
+   * How many more new deliveries an adapter should fetch: the capacity less the deliveries held
+   * and those awaited. An awaited delivery is on its way back and is always taken when it comes
+   * (see {@link push}), so it counts as held. Without it, a key waiting for a failed message
+   * left room while each newcomer of that key was handed back: a Redis subscription read the
+   * whole stream into handed-back entries (each held here with its payload), and its claim loop,
+   * bringing them back `prefetch` at a time in stream order, returned the failed message only
+   * after all of them, past `holdTimeoutMs`, so the key's later messages ran before it.
+   */
   get room(): number {
-    return Math.max(0, this.#options.capacity - this.size)
+    return Math.max(0, this.#options.capacity - this.size - this.#awaited)
   }
 
   /** Deliveries handed back or abandoned that later ones of their key wait for. */
@@ -504,6 +512,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     this.#options.clock.clearTimeout(awaited.timer)
     state.awaited.delete(id)
     this.#awaited--
+    // It counted against the room (see room): a wait given up frees it.
+    this.#wakeRoom()
   }
 
   #settle(delivery: D, outcome: Outcome): void {

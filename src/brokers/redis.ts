@@ -1367,6 +1367,9 @@ class RedisSubscriber implements Subscriber {
       while (!stopping && receiving) {
         await Promise.race([dispatcher.whenRoom(), stoppedReceiving])
         if (stopping || !receiving) return
+        // Taken again by now (an awaited entry came back): COUNT 0 would read without a limit.
+        const room = dispatcher.room
+        if (room === 0) continue
         const reply = (await answered(
           options,
           blocking,
@@ -1377,7 +1380,7 @@ class RedisSubscriber implements Subscriber {
             group,
             consumer,
             'COUNT',
-            String(dispatcher.room),
+            String(room),
             'BLOCK',
             String(options.blockMs),
             'STREAMS',
