@@ -59,7 +59,7 @@ to the file, or POST /admin/reload reloads it; an invalid file keeps the running
 Logs JSON lines to stdout. See docs/proxy.md.
 
 options:
-  --config <file>        the YAML config (required)
+  --config <file>, -c    the YAML config (required)
   --workers <n>          worker processes sharing the listener ports (default: the config's
                          workers, 1 = a single process)
   --start-timeout <ms>   how long a start, and each reload's start, may take, in ms
