@@ -355,7 +355,10 @@ export interface RelayMetrics {
    * counted; `outboxStats()` gives the database-wide view.
    */
   readonly lagMs: number
-  /** Partitions held (gauge). */
+  /**
+   * Partitions held (gauge): 0 once the leases have run out by the relay's clock without a
+   * renewal (its database unreachable), since another relay may have taken them over.
+   */
   readonly ownedPartitions: number
   /** The publisher circuit breaker's state. */
   readonly breakerState: CircuitState
@@ -792,7 +795,11 @@ class OutboxRelay implements Relay {
       deadLettered: this.#deadLettered,
       batches: this.#batches,
       lagMs: this.#lagMs,
-      ownedPartitions: this.#leases.size,
+      // Held means a lease still running by this relay's clock: cut off from its database, the
+      // relay keeps its list until it learns which were taken over, but once its leases have run
+      // out another relay may hold them, and two relays reporting the same partitions made an
+      // alert on their sum see more than there are.
+      ownedPartitions: this.#clock.now() < this.#leases.validUntil ? this.#leases.size : 0,
       breakerState: this.breaker.state,
       state: this.#state,
     }
@@ -1311,7 +1318,13 @@ class OutboxRelay implements Relay {
 
   // The oldest unparked rows of the relay's partitions, each with the event it is held behind
   // (if any): the free ones, at most a round, are published; the held ones are parked.
+  //
+  // A read of more than a round (rows were held back at the last one) leaves the payloads out:
+  // most of what it finds is only parked by id, or left for the next read, and with them the
+  // read carried up to parkingReadFactor rounds of payloads into memory (1,024 rows of 1 MiB
+  // with the defaults). The payloads of the rows it keeps, at most a round, are read next.
   async #readBatch(publishing: readonly OutboxRow[] = []): Promise<ReadResult> {
+    const withPayloads = this.#readLimit <= this.#roundSize
     let found: ReadRow[]
     try {
       found = await this.#db.query<ReadRow>(this.#sql.readBatch, [
@@ -1320,21 +1333,52 @@ class OutboxRelay implements Relay {
         this.#readLimit,
         listParam(this.#db.dialect, [...this.#suspects.keys()]),
         listParam(this.#db.dialect, this.#markPendingIds(publishing)),
+        withPayloads ? 1 : 0,
       ])
     } catch (error) {
       throw new PhaseError('read', error)
     }
-    const rows: OutboxRow[] = []
+    const free: ReadRow[] = []
     const held: Array<number | string> = []
     for (const row of found) {
       // Never published: an earlier event of its aggregate is dead, waiting for a retry or
       // parked (the read checks each row it returns, whatever was parked).
       if (row.held_behind !== null && row.held_behind !== undefined) held.push(row.id)
-      else if (rows.length < this.#roundSize) rows.push(row)
+      else if (free.length < this.#roundSize) free.push(row)
     }
     this.#readLimit =
       held.length > 0 ? Math.min(10_000, this.#roundSize * parkingReadFactor) : this.#roundSize
+    const rows = withPayloads ? (free as OutboxRow[]) : await this.#withPayloads(free)
     return { rows, held }
+  }
+
+  /**
+   * `rows` (read without payloads, in id order) with their payloads. A row gone meanwhile
+   * (published by a relay that took its partition over, then pruned) is left out, and so are
+   * the later rows of its aggregate in `rows`: the next read decides about them.
+   */
+  async #withPayloads(rows: readonly ReadRow[]): Promise<OutboxRow[]> {
+    if (rows.length === 0) return []
+    let found: Array<{ id: number | string; payload: string }>
+    try {
+      found = await this.#db.query(this.#sql.payloads, [
+        listParam(
+          this.#db.dialect,
+          rows.map((row) => row.id),
+        ),
+      ])
+    } catch (error) {
+      throw new PhaseError('read', error)
+    }
+    const payloads = new Map(found.map((row) => [String(row.id), row.payload]))
+    const missing = new Set<string>()
+    const complete: OutboxRow[] = []
+    for (const row of rows) {
+      const payload = payloads.get(String(row.id))
+      if (payload === undefined || missing.has(row.aggregate_id)) missing.add(row.aggregate_id)
+      else complete.push({ ...row, payload })
+    }
+    return complete
   }
 
   /**

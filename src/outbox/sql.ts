@@ -287,9 +287,10 @@ export interface OutboxRow {
 /**
  * A row as readBatch returns it: `held_behind` is the id of the latest earlier event of its
  * aggregate that is dead, waiting for a retry or parked (the row must not be published), or
- * null.
+ * null; `payload` is null when the read was asked to leave payloads out.
  */
-export interface ReadRow extends OutboxRow {
+export interface ReadRow extends Omit<OutboxRow, 'payload'> {
+  readonly payload: string | null
   readonly held_behind: number | string | null
 }
 
@@ -305,10 +306,13 @@ export interface OutboxStatements {
   readonly insertManyNotify: string
   /**
    * $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list), $5 row ids
-   * to skip (list: rows confirmed by the broker whose mark is still under way). Rows come as
+   * to skip (list: rows confirmed by the broker whose mark is still under way), $6 1 to return
+   * the payloads, 0 to return each as null (read them with `payloads`). Rows come as
    * {@link ReadRow}: those held back (held_behind not null) are to be parked, not published.
    */
   readonly readBatch: string
+  /** $1 row ids (list). Returns id, payload of those that still exist. */
+  readonly payloads: string
   /**
    * $1 row ids (list), $2 ids of events whose mark is under way (list), $3 relay id, $4 tokens
    * by partition (list). Parks the rows still held back, behind the latest dead, retrying or
@@ -450,7 +454,11 @@ const latestHeldPredecessor = (row: string): string => `(SELECT h.id FROM ${outb
 //     the returned row, and leave it out of the first $3 in id order;
 //   - an earlier row of its aggregate with a retry time (due or not) is a blocker: the row is
 //     returned held (held_behind), parked and never published.
-// held_behind is computed for the rows kept only. SQLite has two ranges of _retry_due: numbers
+// held_behind is computed for the rows kept only. With $6 = 0 every payload comes back null: a
+// read of several rounds while rows are held back (see the relay's parkingReadFactor) would
+// otherwise carry the payloads of rows it only parks, or leaves for the next read, into the
+// relay's memory (8 x 128 rows of 1 MiB: a GiB); the relay then reads the payloads of the rows
+// it publishes, at most a round, with the payloads statement. SQLite has two ranges of _retry_due: numbers
 // up to now, and a retry_at set by hand to text or a blob, which sorts above every number and is
 // due (it was never due before, so the event was never retried and held back the rest of its
 // aggregate for ever); its attempts still decide the dead letter. INDEXED BY: _unparked and
@@ -494,12 +502,17 @@ const readBatch = (dialect: SqlDialect): string => {
     ),
   ]
   if (!pg) arms.push(first('retry_due', `o.retry_at >= ''`, 'o.retry_at, o.id', 'due_by_hand'))
-  return `SELECT c.*, ${latestHeldPredecessor('c')} AS held_behind
+  return `SELECT c.id, c.event_id, c.aggregate_type, c.aggregate_id, c.event_type, c.topic,
+  CASE WHEN $6 = 1 THEN c.payload END AS payload, c.headers, c.partition_no, c.created_at,
+  c.attempts, ${latestHeldPredecessor('c')} AS held_behind
 FROM (
   ${arms.join('\n  UNION ALL\n  ')}
   ORDER BY id LIMIT $3) AS c
 ORDER BY c.id`
 }
+
+// The payloads of the rows a read without them ($6 = 0) found free: at most a round, by id.
+const payloads = (ids: string): string => `SELECT id, payload FROM ${outboxTable} WHERE id ${ids}`
 
 // The park statement. Only rows that are still pending, unparked and held (the blocker is read
 // again here, not taken from the read), and not behind an event whose mark is under way ($2):
@@ -729,6 +742,7 @@ SELECT pg_notify($10, '')`,
     ORDER BY o.xid DESC LIMIT 1) AS newest
   WHERE newest.xid >= (SELECT pg_snapshot_xmin(pg_current_snapshot()))) AS held`,
     readBatch: readBatch('postgres'),
+    payloads: payloads('= ANY($1::bigint[])'),
     park: park('postgres'),
     unparkStale: unparkStale('= ANY($1::int[])'),
     // Fenced by the lease token: a relay that lost a partition (its lease expired and another
@@ -836,6 +850,7 @@ FROM json_each($1) ORDER BY key`,
     // that will ever commit.
     heldBack: undefined,
     readBatch: readBatch('sqlite'),
+    payloads: payloads('IN (SELECT value FROM json_each($1))'),
     park: park('sqlite'),
     unparkStale: unparkStale('IN (SELECT value FROM json_each($1))'),
     markPublished: `UPDATE ${outboxTable} SET published_at = $1, retry_at = NULL

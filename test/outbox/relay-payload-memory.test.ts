@@ -1,0 +1,96 @@
+// How many payload bytes the relay holds, with large payloads. Rounds are bounded in rows, and
+// a read that found rows held back asks for parkingReadFactor (8) rounds next, to park the
+// queue behind a dead or retrying event in few reads: it carried the payloads of every row it
+// found into the relay, though it parks the held ones by id and leaves the free ones beyond a
+// round for the next read. Measured with 1 MiB payloads (batchSize 32, a round of 16): one read
+// returned 128 MiB, and the heap peaked at 144 MiB where 32 MiB sufficed without held rows; with
+// the defaults (a round of 128) a read could return 1 GiB. Counted here as the payload
+// characters each statement hands the relay (a driver wrapper), not by heap or time.
+// Real SQLite and PostgreSQL.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { count, dbTargets, type OutboxDb, recordingRelay, until } from './support.js'
+
+const outboxTable = 'breakwater_outbox'
+const T0 = 1_700_000_000_000
+const batchSize = 8
+const roundSize = batchSize / 2
+/** Characters of each payload (a JSON string). */
+const payloadChars = 64 * 1024
+/** Events of the hot aggregate queued behind its first one, and events of other aggregates. */
+const behind = 40
+const others = 40
+
+/** `db`, recording the largest number of payload characters one statement returned. */
+function countingPayloads(db: SqlDriver, seen: { most: number }): SqlDriver {
+  return new Proxy(db, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target)
+      if (typeof value !== 'function') return value
+      if (prop !== 'query') return value.bind(target)
+      return async (sql: string, params?: readonly unknown[]) => {
+        const rows = (await target.query(sql, params)) as Array<{ payload?: unknown }>
+        let chars = 0
+        for (const row of rows) if (typeof row.payload === 'string') chars += row.payload.length
+        seen.most = Math.max(seen.most, chars)
+        return rows
+      }
+    },
+  })
+}
+
+describe.each(dbTargets)('the payloads a relay holds on $dialect', (target) => {
+  let t: OutboxDb
+
+  beforeAll(async () => {
+    t = await target.open('outbox_relay_payload_memory')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  /** One row of `aggregate` with a payload of payloadChars; PostgreSQL: the oldest writer xid. */
+  async function insert(eventId: string, aggregate: string, retryAt?: number): Promise<void> {
+    const pg = target.dialect === 'postgres'
+    const payload = pg
+      ? `'"' || repeat('x', ${payloadChars - 2}) || '"'`
+      : `'"' || replace(hex(zeroblob(${(payloadChars - 2) / 2})), '0', 'x') || '"'`
+    const retry = retryAt === undefined ? '' : ', attempts, retry_at'
+    const retryValues = retryAt === undefined ? '' : `, 1, ${retryAt}`
+    await t.db.execute(
+      `INSERT INTO ${outboxTable} (event_id, aggregate_type, aggregate_id, event_type, topic,
+        payload, headers, partition_no, created_at${pg ? ', xid' : ''}${retry})
+      VALUES ($1, 'order', $2, 'paid', 'orders', ${payload}, '{}', 7, ${T0}${pg ? ", '3'::xid8" : ''}${retryValues})`,
+      [eventId, aggregate],
+    )
+  }
+
+  it('reads the payloads of a round at most, while it parks the events held back', async () => {
+    // The hot aggregate's first event waits for a retry a day away: the events behind it are
+    // held back and parked. Events of other aggregates come between them.
+    await insert('hot-0', 'hot', T0 + 86_400_000)
+    for (let i = 1; i <= Math.max(behind, others); i++) {
+      if (i <= behind) await insert(`hot-${i}`, 'hot')
+      if (i <= others) await insert(`free-${i}`, `free-${i}`)
+    }
+    const clock = new ManualClock(T0 + 1_000)
+    const seen = { most: 0 }
+    const published: string[] = []
+    const relay = recordingRelay({ db: countingPayloads(t.db, seen), clock, batchSize }, published)
+    await relay.start()
+    try {
+      await until(async () => {
+        await clock.advance(50)
+        const parked = await count(t.db, outboxTable, 'WHERE parked_behind IS NOT NULL')
+        return parked === behind && published.length === others
+      }, 'the held events to be parked and the others published')
+    } finally {
+      await relay.stop()
+    }
+    // Every free event once, in order; none of the held ones.
+    expect(published).toEqual(Array.from({ length: others }, (_, i) => `free-${i + 1}`))
+    expect(seen.most).toBeGreaterThan(0)
+    expect(seen.most).toBeLessThanOrEqual(roundSize * payloadChars)
+  })
+})
