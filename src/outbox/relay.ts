@@ -422,6 +422,12 @@ const unparkSweepEveryMs = 60_000
 // next read. A read that found none reads a round, so the usual read costs what it always did.
 const parkingReadFactor = 8
 
+/** The ids of a round's rows confirmed by the broker, waiting for their mark, and when it was read. */
+interface MarkRound {
+  readonly ids: ReadonlyArray<number | string>
+  readonly startedAt: number
+}
+
 /** What a read found: the rows to publish (at most a round), and the ids of rows held back. */
 interface ReadResult {
   readonly rows: OutboxRow[]
@@ -623,8 +629,10 @@ class OutboxRelay implements Relay {
   // The mark under way (one statement at a time), its rows, the confirmed rows waiting for the
   // next statement, and the first failure of a background mark, raised in the loop.
   #marking: Promise<void> | undefined
-  #markingRows: OutboxRow[] = []
-  #toMark: Array<{ readonly rows: OutboxRow[]; readonly startedAt: number }> = []
+  // Ids only: a row's payload (up to maxPayloadBytes) is not needed once it was published,
+  // and whole rows kept up to batchSize less a round of payloads alive for the mark.
+  #markingIds: Array<number | string> = []
+  #toMark: MarkRound[] = []
   #toMarkCount = 0
   #markFailure: { readonly error: unknown } | undefined
   // Marks committed, and those the loop has passed the after-mark fault point for.
@@ -1207,7 +1215,7 @@ class OutboxRelay implements Relay {
 
   /** Rows confirmed by the broker and not yet marked (being marked, or waiting to be). */
   #unmarked(): number {
-    return this.#markingRows.length + this.#toMarkCount
+    return this.#markingIds.length + this.#toMarkCount
   }
 
   /**
@@ -1239,8 +1247,8 @@ class OutboxRelay implements Relay {
   }
 
   /** Hands confirmed rows to the marker: marked by the next statement, in the background. */
-  #queueMark(rows: OutboxRow[], startedAt: number): void {
-    this.#toMark.push({ rows, startedAt })
+  #queueMark(rows: readonly OutboxRow[], startedAt: number): void {
+    this.#toMark.push({ ids: rows.map((row) => row.id), startedAt })
     this.#toMarkCount += rows.length
     this.#roundsQueued++
     if (this.#marking === undefined) this.#startMark()
@@ -1260,7 +1268,7 @@ class OutboxRelay implements Relay {
     const rounds = this.#toMark
     this.#toMark = []
     this.#toMarkCount = 0
-    this.#markingRows = rounds.flatMap((round) => round.rows)
+    this.#markingIds = rounds.flatMap((round) => round.ids)
     this.#marking = (async () => {
       try {
         await this.#mark(rounds)
@@ -1268,7 +1276,7 @@ class OutboxRelay implements Relay {
       } catch (error) {
         this.#markFailure ??= { error }
       } finally {
-        this.#markingRows = []
+        this.#markingIds = []
         this.#marking = undefined
         // After #markFailure is set: the loop never counts a failed round as settled cleanly.
         this.#roundsSettled += rounds.length
@@ -1294,11 +1302,11 @@ class OutboxRelay implements Relay {
   }
 
   // Rows whose mark is under way or queued: a read must not hand them out again.
-  #markPendingIds(publishing: readonly OutboxRow[]): number[] {
-    if (this.#markingRows.length + this.#toMark.length + publishing.length === 0) return []
-    const ids = publishing.map((row) => row.id)
-    for (const row of this.#markingRows) ids.push(row.id)
-    for (const round of this.#toMark) for (const row of round.rows) ids.push(row.id)
+  #markPendingIds(publishing: readonly OutboxRow[]): Array<number | string> {
+    if (this.#markingIds.length + this.#toMark.length + publishing.length === 0) return []
+    const ids: Array<number | string> = publishing.map((row) => row.id)
+    for (const id of this.#markingIds) ids.push(id)
+    for (const round of this.#toMark) for (const id of round.ids) ids.push(id)
     return ids
   }
 
@@ -1661,10 +1669,8 @@ class OutboxRelay implements Relay {
 
   // One statement for the rounds confirmed since the last one; each round that had events
   // marked counts as a batch and is reported on its own (count, time since it was read).
-  async #mark(
-    rounds: ReadonlyArray<{ readonly rows: OutboxRow[]; readonly startedAt: number }>,
-  ): Promise<void> {
-    const ids = rounds.flatMap((round) => round.rows.map((row) => row.id))
+  async #mark(rounds: readonly MarkRound[]): Promise<void> {
+    const ids = rounds.flatMap((round) => round.ids)
     let marked: Set<number>
     try {
       const result = await this.#db.query<{ id: number | string }>(this.#sql.markPublished, [
@@ -1690,7 +1696,7 @@ class OutboxRelay implements Relay {
     const now = this.#clock.now()
     for (const round of rounds) {
       let count = 0
-      for (const row of round.rows) if (marked.has(Number(row.id))) count++
+      for (const id of round.ids) if (marked.has(Number(id))) count++
       if (count === 0) continue
       this.#batches++
       this.#emit({ type: 'published', count, durationMs: now - round.startedAt })
