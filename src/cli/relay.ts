@@ -610,14 +610,15 @@ export function relayMetrics(
       published.inc(event.count)
       batches.inc()
       duration.observe(event.durationMs / 1000)
-    } else if (event.type === 'publishFailed') {
-      failures.inc()
     } else if (event.type === 'deadLettered') {
       deadLettered.inc()
     }
   })
   registry.onCollect(async () => {
     const m = relay.metrics()
+    // The relay's own count: a publishFailed event may be the open circuit's refusal, which
+    // reached no broker and is no failed call.
+    failures.inc(Math.max(0, m.publishFailures - failures.get()))
     relayLag.set(m.lagMs / 1000)
     partitions.set(m.ownedPartitions)
     for (const state of breakerStates) breaker.set({ state }, m.breakerState === state ? 1 : 0)

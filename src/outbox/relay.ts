@@ -285,7 +285,11 @@ export type RelayEvent =
       readonly durationMs: number
     }
   | {
-      /** A publish call failed (`count` messages); see `retryScheduled` and `deadLettered`. */
+      /**
+       * A publish call failed (`count` messages), or the open circuit breaker refused it (the
+       * error is then a `BrokenCircuitError`, and `publishFailures` does not count it); see
+       * `retryScheduled` and `deadLettered`.
+       */
       readonly type: 'publishFailed'
       readonly error: unknown
       readonly count: number
@@ -343,7 +347,7 @@ export type RelayEvent =
 export interface RelayMetrics {
   /** Events confirmed and marked published by this relay (counter). */
   readonly published: number
-  /** Failed publish calls (counter). */
+  /** Failed publish calls (counter): not the sends the open circuit breaker refused. */
   readonly publishFailures: number
   /** Events this relay dead-lettered (counter). */
   readonly deadLettered: number
@@ -1598,7 +1602,9 @@ class OutboxRelay implements Relay {
   }
 
   #onSendFailure(error: unknown, count: number): void {
-    this.#publishFailures++
+    // A refusal by the open circuit reached no broker: counted, each cooldown of an outage
+    // counted its failed probe and the refusal of the send after it, twice the failed calls.
+    if (!isCircuitRejection(error)) this.#publishFailures++
     this.#emit({ type: 'publishFailed', error, count })
   }
 
