@@ -1489,6 +1489,9 @@ function isConnectionName(name: Buffer): boolean {
  * `Transfer-Encoding` names a coding other than chunked, which cannot be passed on. A 204
  * loses `Content-Length` and `Transfer-Encoding` whatever their values: a sender must not send
  * them in one (RFC 9110 §8.6, RFC 9112 §6.1), and the body they announce was never read.
+ * Repeated `Content-Length` lines (the parser took them only when all name one length) go on
+ * as the first alone, as RFC 9110 §8.6 has a recipient replace them: passed on as they came,
+ * a strict client (node's own llhttp) refuses the answer the proxy read as well-formed.
  */
 function responseHeaders(
   raw: Buffer[],
@@ -1508,10 +1511,15 @@ function responseHeaders(
   }
   const flat: string[] = []
   let upstreamVia: string[] | undefined
+  let hasLength = false
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1')
     const lower = name.toLowerCase()
     if (status === 204 && (lower === 'content-length' || lower === 'transfer-encoding')) continue
+    if (lower === 'content-length') {
+      if (hasLength) continue
+      hasLength = true
+    }
     if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) {
       if (
         lower === 'transfer-encoding' &&
