@@ -25,7 +25,7 @@ import { type FileWatch, watchFileContent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
 import { markAnsweredByListener } from './listener-answer.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
-import { awaitContinue, isConnectionClosing } from './request.js'
+import { awaitContinue, isConnectionClosing, refuseExpectation } from './request.js'
 
 /** Options of {@link createListenerServer}. */
 export interface ListenerServerOptions {
@@ -424,6 +424,12 @@ export function createListenerServer(
   // the client sends a body the proxy is about to refuse.
   server.on('checkContinue', (req, res: ServerResponse) => {
     awaitContinue(req)
+    server.emit('request', req, res)
+  })
+  // Any other expectation: node would answer a bare 417 itself (no code, not logged, the
+  // connection kept); the handler refuses it as it refuses everything else.
+  server.on('checkExpectation', (req, res: ServerResponse) => {
+    refuseExpectation(req)
     server.emit('request', req, res)
   })
   server.on('request', (req, res: ServerResponse) => {

@@ -91,7 +91,8 @@ export interface InboundRequest {
 /**
  * The `code` values of the problems this module answers (each documented in docs/errors.md):
  * 400 `REQUEST_INVALID` (HTTP/0.9, target form, query characters), `REQUEST_HOST_INVALID`,
- * `REQUEST_PATH_INVALID`, `REQUEST_UPGRADE_REFUSED`, `REQUEST_BODY_INCOMPLETE`; 431
+ * `REQUEST_PATH_INVALID`, `REQUEST_UPGRADE_REFUSED`, `REQUEST_BODY_INCOMPLETE`; 417
+ * `REQUEST_INVALID` (an `Expect` other than `100-continue`); 431
  * `REQUEST_HEADERS_TOO_MANY`; 413 `REQUEST_BODY_TOO_LARGE`; 405 `REQUEST_METHOD_NOT_ALLOWED`
  * (TRACE).
  */
@@ -304,6 +305,7 @@ export function readInbound(
 ): InboundRequest | undefined | Promise<InboundRequest | undefined> {
   const head = validateHead(req, listener, ctx)
   if (isRefusal(head)) return refuse(req, res, listener, ctx, head[0], head[1], head[2])
+  if (unmetExpectation.has(req)) return refuse(req, res, listener, ctx, ...refusals.expectation)
 
   const contentLength = req.headers['content-length']
   const transferEncoding = req.headers['transfer-encoding']
@@ -462,6 +464,7 @@ const refusals = {
   targetHost: [400, 'REQUEST_HOST_INVALID', 'absolute-form target does not match Host'],
   query: [400, 'REQUEST_INVALID', 'invalid character in query'],
   transferCoding: [400, 'REQUEST_INVALID', 'transfer codings other than chunked are not supported'],
+  expectation: [417, 'REQUEST_INVALID', 'Expect: only 100-continue is supported'],
 } as const satisfies Record<string, Refusal>
 type Refusal = readonly [status: number, code: InboundProblemCode, detail: string]
 
@@ -826,6 +829,20 @@ const continueWanted = new WeakSet<IncomingMessage>()
  */
 export function awaitContinue(req: IncomingMessage): void {
   continueWanted.add(req)
+}
+
+// Requests with an expectation other than 100-continue (the listener's `checkExpectation`).
+const unmetExpectation = new WeakSet<IncomingMessage>()
+
+/**
+ * Marks `req` as carrying an `Expect` the proxy cannot meet (anything but `100-continue`, RFC
+ * 9110 §10.1.1): {@link readInboundRequest} refuses it 417 `REQUEST_INVALID` as it refuses
+ * everything else (problem+json, logged, connection closed, nothing forwarded), rather than
+ * node:http answering its own bare 417 with no code on a connection it keeps. The listener
+ * calls it from the server's `checkExpectation` event.
+ */
+export function refuseExpectation(req: IncomingMessage): void {
+  unmetExpectation.add(req)
 }
 
 // Sockets whose current response announced `Connection: close` (a refused request). Node goes on parsing bytes

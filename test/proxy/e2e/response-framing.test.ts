@@ -6,8 +6,8 @@
 // listener kinds (the ambassador's fast path writes its own heads).
 import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import type { Proxy as RunningProxy } from '../../../src/proxy/runtime.js'
+import { startOneServiceProxy } from '../support/one-service-proxy.js'
 import { sendRaw } from '../support/raw-http.js'
 import { type ScriptedUpstream, startScriptedUpstream } from '../support/raw-upstream.js'
 
@@ -18,15 +18,7 @@ beforeAll(async () => {
   upstream = await startScriptedUpstream(
     'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 03\r\n\r\nabc',
   )
-  proxy = await startProxy({
-    logger: createJsonLogger({ level: 'silent' }),
-    config: [
-      `services: { app: { endpoints: [${upstream.url}] } }`,
-      'listeners:',
-      '  - { name: out, role: ambassador, port: 0 }',
-      '  - { name: in, role: gateway, port: 0, routes: [{ name: all, match: { prefix: / }, targets: [{ service: app }] }] }',
-    ].join('\n'),
-  })
+  proxy = await startOneServiceProxy(upstream.url)
 })
 
 afterAll(async () => {
