@@ -100,7 +100,7 @@ export const errorCodes = {
   UPSTREAM_RESET:
     'An upstream connection closed or reset before the response was complete; answered 502 (or the client socket destroyed once streaming began).',
   UPSTREAM_RESPONSE_INVALID:
-    "An upstream endpoint sent a response that is not valid HTTP/1.1 (obs-fold, a head past the size limit, conflicting or unparsable framing, a transfer coding other than chunked); answered 502 with the parser's reason in the detail (or the client socket destroyed once streaming began).",
+    "An upstream endpoint sent a response that is not valid HTTP/1.1 (obs-fold, a head past the size limit, conflicting or unparsable framing, a transfer coding other than chunked, a 101 to a request that asked for no upgrade); answered 502 with the parser's reason in the detail (or the client socket destroyed once streaming began).",
   UPSTREAM_TIMEOUT:
     "An upstream endpoint did not connect, send its response head, or send the next body chunk within the service's timeouts; answered 504.",
   UPSTREAM_POOL_REFUSED:

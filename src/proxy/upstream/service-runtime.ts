@@ -732,8 +732,19 @@ class Attempt {
     this.call.onAttemptError(this, error, 0)
   }
 
+  // A 101 to a request that asked for no upgrade is the upstream answering wrongly, not a
+  // connection that closed: reported as a malformed response naming it (502
+  // UPSTREAM_RESPONSE_INVALID), where it was a reset whose detail said the connection closed.
   onUpgrade(): void {
-    this.onError(new Error('unexpected upgrade'))
+    if (this.phase === phaseDone) return
+    this.call.onAttemptError(
+      this,
+      new Http1PoolError(
+        'UNEXPECTED_UPGRADE',
+        '101 Switching Protocols to a request that asked for no upgrade',
+      ),
+      failInvalid,
+    )
   }
 
   /** Moves the phase's due time to `ms` from now, re-arming the timer if that is earlier. */

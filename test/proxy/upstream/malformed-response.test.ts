@@ -56,6 +56,11 @@ describe('a malformed upstream response', () => {
       'HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close\r\n\r\nok',
       'HPE_INVALID_TRANSFER_ENCODING',
     ],
+    [
+      'a 101 to a request that asked for no upgrade',
+      'HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n',
+      'UNEXPECTED_UPGRADE',
+    ],
   ])(
     '(%s) is answered 502 UPSTREAM_RESPONSE_INVALID naming the reason, and logged',
     async (_name, answer, reason) => {
