@@ -575,6 +575,11 @@ function isMalformedResponse(error: Error): boolean {
   )
 }
 
+/** undici's error for a 101 to a request that asked for no upgrade (client-h1.js). */
+function isUndiciBadUpgrade(error: Error): boolean {
+  return (error as { code?: unknown }).code === 'UND_ERR_SOCKET' && error.message === 'bad upgrade'
+}
+
 /**
  * Error codes with which a pool refuses a request before writing any of it (undici's names,
  * which Http1Pool uses too): the pool was closed or destroyed (a TLS reload, a discovery change
@@ -729,7 +734,9 @@ class Attempt {
 
   onError(error: Error): void {
     if (this.phase === phaseDone) return
-    this.call.onAttemptError(this, error, 0)
+    // undici (https: endpoints) reports that 101 as a socket error, "bad upgrade".
+    if (isUndiciBadUpgrade(error)) this.onUpgrade()
+    else this.call.onAttemptError(this, error, 0)
   }
 
   // A 101 to a request that asked for no upgrade is the upstream answering wrongly, not a
