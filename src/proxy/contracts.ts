@@ -494,11 +494,12 @@ export interface ForwardOptions {
   /**
    * When a request with a non-idempotent method (POST, PATCH, ...) may be retried:
    * - `'with-key'`: like an idempotent one when it carries an `Idempotency-Key` (the app behind
-   *   dedupes by the key), never without one.
+   *   dedupes by the key); without one, as `'unsent-only'`.
    * - `'unsent-only'`: only after a failure that proves nothing was written to the app (the
-   *   connect failed or timed out before the request was handed to a connection), key or not;
-   *   never after a read timeout, a reset once sent, or a retryable status. For keys enforced
-   *   by the proxy itself (sidecar idempotency), which the app knows nothing of.
+   *   connect was refused, timed out or failed its TLS handshake before the request was handed
+   *   to a connection), key or not; never after a read timeout, a reset once sent, or a
+   *   retryable status. For keys enforced by the proxy itself (sidecar idempotency), which the
+   *   app knows nothing of.
    * - `'never'`: not retried at all.
    *
    * Idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried as configured

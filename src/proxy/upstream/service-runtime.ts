@@ -165,9 +165,10 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
  * and the response streamed to the client as it arrives, without hop-by-hop headers. A
  * connect error, a reset before the response, a read timeout or a status in
  * `retry.retryOnStatus` is retried with full-jitter backoff (or after `Retry-After`, when that
- * fits in the deadline) while attempts, the retry budget and the deadline allow, and only for
- * idempotent methods or requests with an `Idempotency-Key` (see `ForwardOptions.unsafeRetry`
- * for keys the app does not enforce). Every attempt carries the deadline header with the time
+ * fits in the deadline) while attempts, the retry budget and the deadline allow: for
+ * idempotent methods and requests with an `Idempotency-Key` always, for other non-idempotent
+ * requests only when the attempt failed before any of the request was written (see
+ * `ForwardOptions.unsafeRetry`). Every attempt carries the deadline header with the time
  * left.
  *
  * @example
@@ -883,8 +884,8 @@ class ForwardCall {
   unsafeRetry: NonNullable<ForwardOptions['unsafeRetry']> = 'with-key'
   /** Outside the service's accounting (ExchangeOptions.shadow): no slot, retry or record. */
   shadow = false
-  // A non-idempotent request under unsafeRetry 'unsent-only': retried only when the failed
-  // attempt never reached onConnect (undici writes nothing before it).
+  // A non-idempotent request under unsafeRetry 'unsent-only', or 'with-key' without a key:
+  // retried only when the failed attempt never reached onConnect (nothing is written before it).
   unsentOnly = false
   attempts = 0
   /** Whether an attempt got past its connect (see ForwardOutcome.written). */
@@ -1056,11 +1057,15 @@ class ForwardCall {
       headers.push('idempotency-key', randomUUID())
       hasKey = true
     }
+    // A non-idempotent request the app cannot dedupe (no key, or keys only the proxy enforces)
+    // is still retried after a failure that proves none of it was written (the connect was
+    // refused, timed out or failed its TLS handshake): it never reached an upstream, as nginx's
+    // proxy_next_upstream and Envoy's connect-failure retry it. Without that, one dead endpoint
+    // of two failed every second POST.
     const unsafeRetry = this.unsafeRetry
-    this.retryable =
-      core.backoff !== undefined &&
-      (safe || (unsafeRetry === 'with-key' ? hasKey : unsafeRetry === 'unsent-only'))
-    this.unsentOnly = !safe && unsafeRetry === 'unsent-only'
+    this.retryable = core.backoff !== undefined && (safe || unsafeRetry !== 'never')
+    this.unsentOnly =
+      !safe && (unsafeRetry === 'unsent-only' || (unsafeRetry === 'with-key' && !hasKey))
     this.headers = headers
     this.dispatchOptions = { path: req.target, method, headers, body: req.body ?? null }
     this.dispatch()
