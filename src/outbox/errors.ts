@@ -80,21 +80,42 @@ export const defaultMaxPayloadBytes = 1024 * 1024
  * ```
  */
 export class PayloadTooLargeError extends BreakwaterError {
-  /** The payload's size: UTF-8 bytes of its JSON text. */
+  /**
+   * The payload's size: UTF-8 bytes of its JSON text; for a row the relay did not read (see
+   * `measured`), its count of characters, which that size is at least.
+   */
   readonly bytes: number
   /** The `maxPayloadBytes` it exceeds. */
   readonly limit: number
+  /**
+   * `bytes` when the UTF-8 text was counted; `characters` when the relay left the payload of
+   * a stored row out of its read, since it had more characters than the limit allows bytes
+   * (a character is at least one byte), so as not to load a payload of any size to refuse it.
+   */
+  readonly measured: 'bytes' | 'characters'
 
   /**
    * @param subject what is refused, as the message starts: the field (`events[1].payload`) at
    * enqueue, the event (`event "e1" (row 7)`) at the relay.
    * @param owner whose limit it is: `outbox` or `relay`, named in the message with the option.
+   * @param measured what `bytes` counts (see {@link PayloadTooLargeError.measured}).
    */
-  constructor(subject: string, bytes: number, limit: number, owner: 'outbox' | 'relay') {
+  constructor(
+    subject: string,
+    bytes: number,
+    limit: number,
+    owner: 'outbox' | 'relay',
+    measured: 'bytes' | 'characters' = 'bytes',
+  ) {
+    const size =
+      measured === 'bytes'
+        ? `${bytes} bytes of JSON`
+        : `${bytes} characters of JSON as stored (so at least ${bytes} bytes; it was not read)`
     super(
       'PAYLOAD_TOO_LARGE',
-      `${subject}: the payload is ${bytes} bytes of JSON, more than the ${owner}'s maxPayloadBytes of ${limit} (${sizeText(limit)}); put large data elsewhere and send a reference, or raise maxPayloadBytes (on the outbox and the relay) within what the broker takes`,
+      `${subject}: the payload is ${size}, more than the ${owner}'s maxPayloadBytes of ${limit} (${sizeText(limit)}); put large data elsewhere and send a reference, or raise maxPayloadBytes (on the outbox and the relay) within what the broker takes`,
     )
+    this.measured = measured
     this.bytes = bytes
     this.limit = limit
   }

@@ -1346,6 +1346,7 @@ class OutboxRelay implements Relay {
         listParam(this.#db.dialect, [...this.#suspects.keys()]),
         listParam(this.#db.dialect, this.#markPendingIds(publishing)),
         withPayloads ? 1 : 0,
+        this.#maxPayloadBytes,
       ])
     } catch (error) {
       throw new PhaseError('read', error)
@@ -1371,14 +1372,14 @@ class OutboxRelay implements Relay {
    */
   async #withPayloads(rows: readonly ReadRow[]): Promise<OutboxRow[]> {
     if (rows.length === 0) return []
+    // Not the payload of a row the read found over the limit: the point was not to load it.
+    const wanted = rows.filter((row) => !isOversize(row)).map((row) => row.id)
     let found: Array<{ id: number | string; payload: string }>
     try {
-      found = await this.#db.query(this.#sql.payloads, [
-        listParam(
-          this.#db.dialect,
-          rows.map((row) => row.id),
-        ),
-      ])
+      found =
+        wanted.length === 0
+          ? []
+          : await this.#db.query(this.#sql.payloads, [listParam(this.#db.dialect, wanted)])
     } catch (error) {
       throw new PhaseError('read', error)
     }
@@ -1387,7 +1388,10 @@ class OutboxRelay implements Relay {
     const complete: OutboxRow[] = []
     for (const row of rows) {
       const payload = payloads.get(String(row.id))
-      if (payload === undefined || missing.has(row.aggregate_id)) missing.add(row.aggregate_id)
+      if (missing.has(row.aggregate_id)) continue
+      // Payload null: toMessage refuses it by its payload_chars, and it is dead-lettered.
+      if (isOversize(row)) complete.push(row as OutboxRow)
+      else if (payload === undefined) missing.add(row.aggregate_id)
       else complete.push({ ...row, payload })
     }
     return complete
@@ -1813,6 +1817,15 @@ function oldest(rows: readonly OutboxRow[]): number | undefined {
  * (see #charge), rather than a write of many megabytes the broker refuses at every attempt.
  */
 function toMessage(row: OutboxRow, maxPayloadBytes: number): OutgoingMessage {
+  // Left out of the read for more characters than the limit allows bytes: never loaded.
+  if (isOversize(row))
+    throw new PayloadTooLargeError(
+      `event ${JSON.stringify(row.event_id)} (row ${Number(row.id)})`,
+      Number(row.payload_chars),
+      maxPayloadBytes,
+      'relay',
+      'characters',
+    )
   const bytes =
     typeof row.payload === 'string' ? oversizeBytes(row.payload, maxPayloadBytes) : undefined
   if (bytes !== undefined)
@@ -1832,6 +1845,11 @@ function toMessage(row: OutboxRow, maxPayloadBytes: number): OutgoingMessage {
     payload: row.payload,
     headers,
   }
+}
+
+/** Whether the read left `row`'s payload out as certainly above the relay's limit. */
+function isOversize(row: Pick<OutboxRow, 'payload_chars'>): boolean {
+  return row.payload_chars !== null && row.payload_chars !== undefined
 }
 
 /** Where `column` of an outbox row is stored, for {@link StoredDataError}. */

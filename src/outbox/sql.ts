@@ -282,15 +282,22 @@ export interface OutboxRow {
   readonly partition_no: number
   readonly created_at: number
   readonly attempts: number
+  /**
+   * Set when the read left the payload out for having more characters than the relay's
+   * maxPayloadBytes (payload then null): the row is dead-lettered unread (see readBatch).
+   */
+  readonly payload_chars?: number | string | null
 }
 
 /**
  * A row as readBatch returns it: `held_behind` is the id of the latest earlier event of its
  * aggregate that is dead, waiting for a retry or parked (the row must not be published), or
- * null; `payload` is null when the read was asked to leave payloads out.
+ * null; `payload` is null when the read was asked to leave payloads out, or when the payload
+ * has more characters than the read's limit: then `payload_chars` is that count, else null.
  */
 export interface ReadRow extends Omit<OutboxRow, 'payload'> {
   readonly payload: string | null
+  readonly payload_chars: number | string | null
   readonly held_behind: number | string | null
 }
 
@@ -307,7 +314,9 @@ export interface OutboxStatements {
   /**
    * $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list), $5 row ids
    * to skip (list: rows confirmed by the broker whose mark is still under way), $6 1 to return
-   * the payloads, 0 to return each as null (read them with `payloads`). Rows come as
+   * the payloads, 0 to return each as null (read them with `payloads`), $7 the relay's
+   * maxPayloadBytes: a payload of more characters is returned as null whatever $6, with its
+   * count of characters as payload_chars (never read with `payloads`). Rows come as
    * {@link ReadRow}: those held back (held_behind not null) are to be parked, not published.
    */
   readonly readBatch: string
@@ -502,8 +511,20 @@ const readBatch = (dialect: SqlDialect): string => {
     ),
   ]
   if (!pg) arms.push(first('retry_due', `o.retry_at >= ''`, 'o.retry_at, o.id', 'due_by_hand'))
+  // The payload's characters when it may be over the limit ($7): more characters than bytes
+  // allowed is certainly more UTF-8 bytes (a character is at least one), so such a payload is
+  // left out and the relay dead-letters the row without reading it. PostgreSQL first asks
+  // octet_length (the stored size, read without fetching a TOASTed value): at most $7 bytes in
+  // the database's encoding is at most $7 characters, and char_length, which fetches the whole
+  // value, is asked only past that. SQLite counts the characters of every row read.
+  const limit = pg ? '$7::bigint' : '$7'
+  const chars = pg
+    ? `CASE WHEN octet_length(c.payload) > ${limit} THEN char_length(c.payload) END`
+    : 'length(c.payload)'
   return `SELECT c.id, c.event_id, c.aggregate_type, c.aggregate_id, c.event_type, c.topic,
-  CASE WHEN $6 = 1 THEN c.payload END AS payload, c.headers, c.partition_no, c.created_at,
+  CASE WHEN $6 = 1 AND NOT coalesce(${chars} > ${limit}, false) THEN c.payload END AS payload,
+  CASE WHEN ${chars} > ${limit} THEN ${chars} END AS payload_chars,
+  c.headers, c.partition_no, c.created_at,
   c.attempts, ${latestHeldPredecessor('c')} AS held_behind
 FROM (
   ${arms.join('\n  UNION ALL\n  ')}

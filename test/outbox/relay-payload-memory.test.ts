@@ -18,7 +18,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { outboxStatements } from '../../src/outbox/sql.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { count, dbTargets, type OutboxDb, recordingRelay, until } from './support.js'
+import {
+  count,
+  dbTargets,
+  type OutboxDb,
+  observingQueries,
+  recordingRelay,
+  until,
+} from './support.js'
 
 const outboxTable = 'breakwater_outbox'
 const T0 = 1_700_000_000_000
@@ -32,19 +39,10 @@ const others = 40
 
 /** `db`, recording the largest number of payload characters one statement returned. */
 function countingPayloads(db: SqlDriver, seen: { most: number }): SqlDriver {
-  return new Proxy(db, {
-    get(target, prop) {
-      const value: unknown = Reflect.get(target, prop, target)
-      if (typeof value !== 'function') return value
-      if (prop !== 'query') return value.bind(target)
-      return async (sql: string, params?: readonly unknown[]) => {
-        const rows = (await target.query(sql, params)) as Array<{ payload?: unknown }>
-        let chars = 0
-        for (const row of rows) if (typeof row.payload === 'string') chars += row.payload.length
-        seen.most = Math.max(seen.most, chars)
-        return rows
-      }
-    },
+  return observingQueries(db, (_, rows) => {
+    let chars = 0
+    for (const row of rows) if (typeof row.payload === 'string') chars += row.payload.length
+    seen.most = Math.max(seen.most, chars)
   })
 }
 
@@ -122,21 +120,17 @@ describe.each(dbTargets)('the payloads a relay holds on $dialect', (target) => {
     })
     // Every row a statement returned with a payload, by event id; the first mark waits.
     const returned: Array<{ eventId: string; row: WeakRef<object> }> = []
-    const db = new Proxy(t.db, {
-      get(target, prop) {
-        const value: unknown = Reflect.get(target, prop, target)
-        if (typeof value !== 'function') return value
-        if (prop !== 'query') return value.bind(target)
-        return async (sql: string, params?: readonly unknown[]) => {
-          if (sql === markPublished) await markHeld
-          const rows = (await target.query(sql, params)) as Array<{ event_id?: unknown }>
-          for (const row of rows)
-            if (typeof row.event_id === 'string' && 'payload' in row)
-              returned.push({ eventId: row.event_id, row: new WeakRef(row) })
-          return rows
-        }
+    const db = observingQueries(
+      t.db,
+      (_, rows) => {
+        for (const row of rows)
+          if (typeof row.event_id === 'string' && 'payload' in row)
+            returned.push({ eventId: row.event_id, row: new WeakRef(row) })
       },
-    }) as typeof t.db
+      async (sql) => {
+        if (sql === markPublished) await markHeld
+      },
+    )
     const clock = new ManualClock(T0 + 2_000)
     const published: string[] = []
     const relay = recordingRelay({ db, clock, batchSize }, published)

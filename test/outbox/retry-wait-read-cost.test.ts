@@ -69,7 +69,7 @@ describe.each(dbTargets)('the relay read past events waiting for a retry on $dia
     const none = listParam(target.dialect, [])
     return {
       sql: readBatch,
-      params: [listParam(target.dialect, partitions), now, roundSize, none, none, 1],
+      params: [listParam(target.dialect, partitions), now, roundSize, none, none, 1, 1024 * 1024],
     }
   }
 

@@ -244,3 +244,27 @@ export function repeated(ids: readonly string[]): string[] {
   }
   return [...twice]
 }
+
+/**
+ * `db`, handing `seen` the rows each query returns (with its SQL), after `before(sql)` if given
+ * (a test holds a statement there). What statements hand the relay, without a mock database.
+ */
+export function observingQueries<D extends SqlDriver>(
+  db: D,
+  seen: (sql: string, rows: ReadonlyArray<Record<string, unknown>>) => void,
+  before?: (sql: string) => Promise<void>,
+): D {
+  return new Proxy(db, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target)
+      if (typeof value !== 'function') return value
+      if (prop !== 'query') return value.bind(target)
+      return async (sql: string, params?: readonly unknown[]) => {
+        await before?.(sql)
+        const rows = (await target.query(sql, params)) as Array<Record<string, unknown>>
+        seen(sql, rows)
+        return rows
+      }
+    },
+  })
+}
