@@ -399,15 +399,18 @@ export class Execution {
 /**
  * Whether a failed commit may have happened all the same: as the store says
  * ({@link IdempotencyStore.commitInDoubt}: the Redis store's script sent on a connection lost
- * before its reply), else on PostgreSQL unless it certainly committed nothing
- * ({@link committedNothing}: the server answered with an error, or the pool had no connection
- * to send it on) or the driver found the transaction already failed (answered with ROLLBACK). A SQLite commit runs in process and ends one way or the other, and so does the
- * memory store's.
+ * before its reply), else unless it certainly committed nothing ({@link committedNothing}: on
+ * PostgreSQL the server answered with an error or the pool had no connection to send it on; a
+ * SQLite commit runs in process and ends one way or the other, and so does the memory store's,
+ * which has no dialect) or the driver found the transaction already failed (answered with
+ * ROLLBACK).
  */
 function commitInDoubt(store: IdempotencyStore, error: unknown): boolean {
   if (store.commitInDoubt !== undefined) return store.commitInDoubt(error)
-  if (store.dialect !== 'postgres') return false
-  return !(error instanceof TransactionMisuseError) && !committedNothing('postgres', error)
+  return (
+    !(error instanceof TransactionMisuseError) &&
+    !committedNothing(store.dialect ?? 'sqlite', error)
+  )
 }
 
 function phaseMisuse(): TransactionMisuseError {
