@@ -175,7 +175,13 @@ export function invariantsOf(summary: ShopSummary): Record<string, boolean> {
 export async function dashboardOf(run: DemoRun): Promise<string> {
   const line = await run.line(/^dashboard: http/)
   const url = /http:\/\/\S+/.exec(line)?.[0]
-  if (url === undefined) throw new Error(`the demo printed no dashboard URL (line: "${line}")`)
+  if (url === undefined) {
+    // It ended first (waiters get ''): say how, or the failure names no cause.
+    const { code, stdout, stderr } = await run.done
+    throw new Error(
+      `the demo ended (exit ${code}) before printing its dashboard URL\n${stdout.slice(-2_000)}\n${stderr.slice(-2_000)}`,
+    )
+  }
   return url.replace(/\/$/, '')
 }
 
