@@ -12,13 +12,7 @@ import { type AbortListener, listenToSignal, parentOf, unlistenToSignal } from '
 import { abortFailure, BulkheadRejectedError, markTimedOutInQueue } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
-import {
-  fnRefusal,
-  optionalClock,
-  optionalInteger,
-  optionalNumber,
-  optionalString,
-} from './options.js'
+import { fnRefusal, optional, optionalClock, optionalNumber, optionalString } from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -53,7 +47,8 @@ export interface BulkheadOptions {
   readonly maxConcurrent: number
   /**
    * How many calls may wait for a slot; more are refused at once. 0 refuses every call that
-   * finds all slots taken.
+   * finds all slots taken; `Infinity` queues every one (an unbounded queue: nothing then sheds
+   * load, so bound the wait with `queueTimeoutMs` or the caller's deadline).
    * @default 0
    */
   readonly maxQueued?: number | undefined
@@ -135,6 +130,15 @@ interface Waiter {
   next: Waiter | undefined
 }
 
+// A whole number of waiting calls, or Infinity for no limit: Infinity is how the library says
+// "no limit" elsewhere (timeouts, sleep, deadlines), and a refusal that names only integers
+// left a caller who wanted an unbounded queue guessing at Number.MAX_SAFE_INTEGER.
+function queueLimit(option: string, value: unknown): number {
+  if (value === Number.POSITIVE_INFINITY) return value
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value
+  throw new InvalidOptionError(option, 'an integer >= 0 or Infinity (an unbounded queue)', value)
+}
+
 // Checked once in the constructor, never per call.
 /** The option keys `bulkhead()` takes (internal: not exported from the package root). */
 export const bulkheadOptions = optionKeys<BulkheadOptions>({
@@ -180,7 +184,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
     checkObject(prefix, options)
     checkKnownOptions(prefix, options, bulkheadOptions)
     this.#maxConcurrent = checkInteger(`${prefix}.maxConcurrent`, options.maxConcurrent, 1)
-    this.#maxQueued = optionalInteger(`${prefix}.maxQueued`, options.maxQueued, 0, 0)
+    this.#maxQueued = optional(`${prefix}.maxQueued`, options.maxQueued, 0, queueLimit)
     this.#queueTimeoutMs = optionalNumber(
       `${prefix}.queueTimeoutMs`,
       options.queueTimeoutMs,

@@ -108,7 +108,7 @@ export class BulkheadRejectedError extends BreakwaterError {
   readonly reason: 'full' | 'queueTimeout'
   /** The bulkhead's `maxConcurrent`. */
   readonly maxConcurrent: number
-  /** The bulkhead's `maxQueued`. */
+  /** The bulkhead's `maxQueued` (`Infinity` for an unbounded queue, which never refuses as full). */
   readonly maxQueued: number
 
   constructor(reason: 'full' | 'queueTimeout', maxConcurrent: number, maxQueued: number) {

@@ -202,6 +202,34 @@ describe('bulkhead', () => {
     expect(limiter.running).toBe(0)
   })
 
+  // Infinity is how the rest of the library says "no limit" (timeouts, sleep, deadlines); a
+  // bulkhead refused it for maxQueued with "an integer in [0, 2^53 - 1]", naming no way to ask
+  // for an unbounded queue.
+  it('takes maxQueued: Infinity as an unbounded queue, also in a registry', async () => {
+    const clock = new ManualClock()
+    for (const limiter of [
+      bulkhead({ maxConcurrent: 1, maxQueued: Infinity, queueTimeoutMs: 50, clock }),
+      createBulkheads({ a: { maxConcurrent: 1, maxQueued: Infinity } }, { clock }).get('a'),
+    ]) {
+      const gate = deferred()
+      const first = limiter.execute(() => gate.promise)
+      const order: number[] = []
+      const queued = Array.from({ length: 1000 }, (_, i) =>
+        limiter.execute(() => {
+          order.push(i)
+        }),
+      )
+      expect(limiter.queued).toBe(1000)
+      gate.resolve('done')
+      await Promise.all([first, ...queued])
+      expect(order).toEqual(Array.from({ length: 1000 }, (_, i) => i))
+      expect(limiter.running).toBe(0)
+    }
+    const error = thrown(() => bulkhead({ maxConcurrent: 1, maxQueued: -Infinity }))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as Error).message).toContain('or Infinity (an unbounded queue)')
+  })
+
   it('frees the slot when fn throws synchronously or rejects', async () => {
     const limiter = bulkhead({ maxConcurrent: 1 })
     await expect(
