@@ -108,7 +108,7 @@ export const errorCodes = {
   UPSTREAM_NO_ENDPOINTS:
     'An upstream service has no endpoints (discovery found none yet); answered 503.',
   REQUEST_INVALID:
-    "The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, a bad character in the query, a transfer coding other than chunked, or anything Node's strict parser refuses; answered 400 (505 for an HTTP version other than 1.0 and 1.1, 417 for an Expect other than 100-continue).",
+    "The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, a bad character in the query, a transfer coding other than chunked, a HEAD request with a body, or anything Node's strict parser refuses; answered 400 (505 for an HTTP version other than 1.0 and 1.1, 417 for an Expect other than 100-continue).",
   REQUEST_HOST_INVALID:
     'The proxy refused a request whose Host is missing, repeated, malformed (userinfo, bad port) or disagrees with an absolute-form target; answered 400.',
   REQUEST_PATH_INVALID:

@@ -15,7 +15,7 @@
 //   space and obs-text (0x80-0xff), no obs-fold, at most `maxHeaders` of them, the head at
 //   most `maxHeaderBytes`;
 // - no `Transfer-Encoding`, `Expect` or `Upgrade`; at most one `Content-Length`, digits only,
-//   at most `maxBodyBytes`.
+//   at most `maxBodyBytes`, and 0 on a HEAD.
 
 import type { Socket } from 'node:net'
 import { tokenChar } from '../../http/token.js'
@@ -159,7 +159,12 @@ export function parseFastRequest(
   let length = end + 4
   let body: Buffer | undefined
   if (contentLength > 0) {
-    if (contentLength > limits.maxBodyBytes || buffer.length < length + contentLength)
+    // A HEAD with a body is refused by node:http's path (readInbound), as every refusal is.
+    if (
+      method === 'HEAD' ||
+      contentLength > limits.maxBodyBytes ||
+      buffer.length < length + contentLength
+    )
       return undefined
     body = buffer.subarray(length, length + contentLength)
     length += contentLength

@@ -317,6 +317,10 @@ export function readInbound(
   if ((contentLength === undefined || contentLength === '0') && !chunked) {
     return finish(req, res, head, undefined)
   }
+  // Content in a HEAD request has no defined semantics (RFC 9110 §9.3.2), and an upstream that
+  // takes a HEAD to have none reads the body as the next request on its connection (request
+  // smuggling). DELETE keeps its body: some APIs give it one.
+  if (head.method === 'HEAD') return refuse(req, res, listener, ctx, ...refusals.headBody)
   const limit = listener.limits.maxBodyBytes
   if (contentLength !== undefined && Number(contentLength) > limit) {
     return refuse(
@@ -465,6 +469,11 @@ const refusals = {
   query: [400, 'REQUEST_INVALID', 'invalid character in query'],
   transferCoding: [400, 'REQUEST_INVALID', 'transfer codings other than chunked are not supported'],
   expectation: [417, 'REQUEST_INVALID', 'Expect: only 100-continue is supported'],
+  headBody: [
+    400,
+    'REQUEST_INVALID',
+    'a HEAD request has no body (RFC 9110 §9.3.2): Content-Length above 0 or Transfer-Encoding is refused',
+  ],
 } as const satisfies Record<string, Refusal>
 type Refusal = readonly [status: number, code: InboundProblemCode, detail: string]
 

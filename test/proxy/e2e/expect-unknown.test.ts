@@ -3,35 +3,11 @@
 // closed, nothing forwarded. Left to node:http it got node's bare 417 (an empty chunked body,
 // no code, no log line) on a connection kept open. Real sockets against the runtime from YAML
 // and a real upstream that records what reaches it; both listener kinds.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import type { Proxy as RunningProxy } from '../../../src/proxy/runtime.js'
-import { type CountingUpstream, startCountingUpstream } from '../support/counting-upstream.js'
-import { startOneServiceProxy } from '../support/one-service-proxy.js'
+import { describe, expect, it } from 'vitest'
+import { useOneServiceProxy } from '../support/one-service-proxy.js'
 import { sendRaw } from '../support/raw-http.js'
 
-let upstream: CountingUpstream
-let proxy: RunningProxy
-let logged = ''
-
-beforeAll(async () => {
-  upstream = await startCountingUpstream()
-  proxy = await startOneServiceProxy(
-    upstream.url,
-    createJsonLogger({
-      output: {
-        write: (text: string) => {
-          logged += text
-        },
-      },
-    }),
-  )
-})
-
-afterAll(async () => {
-  await proxy?.close(0)
-  await upstream?.close()
-})
+const fixture = useOneServiceProxy()
 
 describe('an Expect other than 100-continue', () => {
   it.each([
@@ -40,8 +16,8 @@ describe('an Expect other than 100-continue', () => {
   ])(
     'is refused 417 with a code on the %s, and nothing is forwarded',
     async (_kind, listener, path) => {
-      const port = proxy.address(listener).port
-      upstream.requests.length = 0
+      const port = fixture.proxy().address(listener).port
+      fixture.upstream().requests.length = 0
       const response = await sendRaw(
         port,
         [
@@ -55,8 +31,8 @@ describe('an Expect other than 100-continue', () => {
       expect(JSON.parse(response.body)).toMatchObject({ status: 417, code: 'REQUEST_INVALID' })
       expect(response.closed).toBe(true)
       expect(response.raw.match(/HTTP\/1\.1 \d{3}/g)).toHaveLength(1)
-      expect(upstream.requests).toHaveLength(0)
-      expect(logged).toContain('"status":417')
+      expect(fixture.upstream().requests).toHaveLength(0)
+      expect(fixture.logged()).toContain('"status":417')
     },
   )
 })
