@@ -402,7 +402,12 @@ export interface Relay {
   close(): Promise<void>
   /** Asks for a read now (e.g. after a commit in the same process on SQLite). */
   wake(): void
-  /** The partitions held, ascending. */
+  /**
+   * The partitions held, ascending: those whose lease is still running by the relay's clock.
+   * Empty once the leases ran out without a renewal (its database unreachable past `leaseMs`),
+   * as `metrics().ownedPartitions` is 0 then: another relay may hold them, and this one
+   * publishes nothing of them until a renewal says which it still holds.
+   */
   partitions(): number[]
   /** Counters and gauges, read in-process (the relay process serves them at /metrics). */
   metrics(): RelayMetrics
@@ -793,7 +798,15 @@ class OutboxRelay implements Relay {
   }
 
   partitions(): number[] {
-    return this.#leases.partitions
+    return this.#leasesRunning() ? this.#leases.partitions : []
+  }
+
+  // What partitions() and ownedPartitions call held: a lease still running by this relay's
+  // clock. Cut off from its database, the relay keeps its list until it learns which were taken
+  // over, but once its leases have run out another relay may hold them: two relays reporting
+  // the same partitions made an alert on their sum see more than there are.
+  #leasesRunning(): boolean {
+    return this.#clock.now() < this.#leases.validUntil
   }
 
   wake(): void {
@@ -807,11 +820,7 @@ class OutboxRelay implements Relay {
       deadLettered: this.#deadLettered,
       batches: this.#batches,
       lagMs: this.#lagMs,
-      // Held means a lease still running by this relay's clock: cut off from its database, the
-      // relay keeps its list until it learns which were taken over, but once its leases have run
-      // out another relay may hold them, and two relays reporting the same partitions made an
-      // alert on their sum see more than there are.
-      ownedPartitions: this.#clock.now() < this.#leases.validUntil ? this.#leases.size : 0,
+      ownedPartitions: this.#leasesRunning() ? this.#leases.size : 0,
       breakerState: this.breaker.state,
       state: this.#state,
     }
