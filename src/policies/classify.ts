@@ -11,7 +11,11 @@ import { BreakwaterError } from '../core/errors.js'
  *   never held against the downstream;
  * - `unknown`: anything else (a plain `Error` from user code). Not retried, because retrying
  *   something we cannot classify may repeat a side effect, but counted by circuit breakers,
- *   because a downstream that keeps throwing is unhealthy whatever the reason.
+ *   because a downstream that keeps throwing is unhealthy whatever the reason. A database that
+ *   cannot take the write (SQLite `SQLITE_FULL`, `SQLITE_READONLY*`, `SQLITE_IOERR*`) is here
+ *   too: it stays so for longer than a backoff, and retrying would bury its cause under later
+ *   errors; a caller who would rather wait for space to be freed retries it with its own
+ *   `shouldRetry`.
  */
 export type FailureKind = 'transient' | 'permanent' | 'unknown'
 

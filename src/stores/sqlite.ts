@@ -1,4 +1,12 @@
-import { accessSync, constants, mkdirSync, realpathSync, type Stats, statSync } from 'node:fs'
+import {
+  accessSync,
+  constants,
+  mkdirSync,
+  realpathSync,
+  type Stats,
+  statfsSync,
+  statSync,
+} from 'node:fs'
 import { basename, dirname, resolve, sep } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -223,12 +231,14 @@ const described = new WeakSet<object>()
  * and a full disk or a file this user may not write read like a fault in breakwater. The error
  * itself is kept (its class and `code`: `sqlErrorKind` and `classifyFailure` read it as
  * before); only its message and the first line of its stack change. `busyTimeoutMs` is
- * undefined for a connection breakwater did not configure (fromBetterSqlite).
+ * undefined for a connection breakwater did not configure (fromBetterSqlite). `db`, the
+ * connection that failed, tells a `SQLITE_FULL` of its page limit from one of a full disk.
  */
 function describeSqliteFailure(
   error: unknown,
   filename: string | undefined,
   busyTimeoutMs: number | undefined,
+  db?: BetterSqliteDatabase,
 ): unknown {
   if (!(error instanceof Error) || described.has(error)) return error
   const code = (error as { code?: unknown }).code
@@ -240,7 +250,11 @@ function describeSqliteFailure(
     filename === undefined || filename === '' || filename === ':memory:'
       ? 'the in-memory SQLite database'
       : `SQLite file ${filename}`
-  const meaning = environmentMeaning(base, busyTimeoutMs)
+  const limit = base === 'SQLITE_FULL' && db !== undefined ? pageLimit(db, filename) : undefined
+  const meaning =
+    limit === undefined
+      ? environmentMeaning(base, busyTimeoutMs)
+      : `it reached the limit PRAGMA max_page_count set on this connection (${limit.max} pages of ${limit.pageSize} bytes; it holds ${limit.pages}), not a full disk; nothing of the failed statement was written`
   const before = error.message
   error.message = `${before} (${file}${meaning === '' ? '' : `: ${meaning}`})`
   if (typeof error.stack === 'string') {
@@ -250,6 +264,43 @@ function describeSqliteFailure(
     }
   }
   return error
+}
+
+/**
+ * The page limit of `db` when it, rather than the file system, is what a `SQLITE_FULL` ran into
+ * (undefined otherwise, or when it cannot be told). SQLite answers both with "database or disk
+ * is full": an application that caps its database with `PRAGMA max_page_count` on a disk with
+ * room to spare was told its disk was full. The limit is the cause when the room it leaves is
+ * less than the file system's free space: a write too large for the disk is then refused by the
+ * limit first. An in-memory database has no file system, so only its limit (or the process's
+ * memory, which fails with SQLITE_NOMEM instead) can be full.
+ */
+function pageLimit(
+  db: BetterSqliteDatabase,
+  filename: string | undefined,
+): { max: number; pages: number; pageSize: number } | undefined {
+  try {
+    const max = pragmaNumber(db, 'max_page_count')
+    const pages = pragmaNumber(db, 'page_count')
+    const pageSize = pragmaNumber(db, 'page_size')
+    if (max === undefined || pages === undefined || pageSize === undefined) return undefined
+    const left = (max - pages) * pageSize
+    if (filename !== undefined && filename !== '' && filename !== ':memory:') {
+      const fs = statfsSync(dirname(filename))
+      if (left >= fs.bavail * fs.bsize) return undefined
+    }
+    return { max, pages, pageSize }
+  } catch {
+    // A closed connection, a folder gone: the message keeps SQLite's own reading.
+    return undefined
+  }
+}
+
+// One number a PRAGMA returns (a BigInt on a Database with safe integers).
+function pragmaNumber(db: BetterSqliteDatabase, name: string): number | undefined {
+  const [row] = db.prepare(`PRAGMA ${name}`).all() as Record<string, unknown>[]
+  const value = row?.[name]
+  return typeof value === 'number' || typeof value === 'bigint' ? Number(value) : undefined
 }
 
 // What a code of environmentCodes means for the file, in the words of its message.
@@ -316,7 +367,12 @@ class TransactionExecutor implements SqlExecutor {
       return Promise.resolve(this.#statements.all(sql, params) as R[])
     } catch (error) {
       return Promise.reject(
-        describeSqliteFailure(error, this.#filename ?? this.#db.name, this.#busyTimeoutMs),
+        describeSqliteFailure(
+          error,
+          this.#filename ?? this.#db.name,
+          this.#busyTimeoutMs,
+          this.#db,
+        ),
       )
     }
   }
@@ -327,7 +383,12 @@ class TransactionExecutor implements SqlExecutor {
       return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
     } catch (error) {
       return Promise.reject(
-        describeSqliteFailure(error, this.#filename ?? this.#db.name, this.#busyTimeoutMs),
+        describeSqliteFailure(
+          error,
+          this.#filename ?? this.#db.name,
+          this.#busyTimeoutMs,
+          this.#db,
+        ),
       )
     }
   }
@@ -412,7 +473,7 @@ export class SqliteDriver implements SqlDriver {
   // A failure of one of this driver's statements, BEGIN or COMMIT, naming the file when its
   // surroundings failed (see describeSqliteFailure).
   #described(error: unknown): unknown {
-    return describeSqliteFailure(error, this.#filename, this.#busyTimeoutMs)
+    return describeSqliteFailure(error, this.#filename, this.#busyTimeoutMs, this.#db)
   }
 
   query<R = Record<string, unknown>>(
@@ -756,7 +817,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.close()
     throw (
       unwritableFolder(filename, error) ??
-      describeSqliteFailure(error, fileKey ?? filename, busyTimeoutMs)
+      describeSqliteFailure(error, fileKey ?? filename, busyTimeoutMs, db)
     )
   }
   return new SqliteDriver(

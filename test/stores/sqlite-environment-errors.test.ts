@@ -197,6 +197,59 @@ describe('a SQLite file whose write lock another process holds past busyTimeoutM
   })
 })
 
+// SQLITE_FULL also comes from the page limit an application sets with PRAGMA max_page_count to
+// cap a database's size, on a disk with room to spare: the message said "no space left on its
+// file system", sending the reader to a disk that was not full.
+describe('a SQLite database that reached its max_page_count', () => {
+  let file: TestSqlite | undefined
+  afterEach(() => file?.cleanup())
+
+  it('names the page limit, not a full file system, and is not retried by default', async () => {
+    file = createTestSqlite('page-limit')
+    const db = await createSqliteDriver({ filename: file.filename })
+    try {
+      await db.execute('CREATE TABLE orders (id TEXT PRIMARY KEY, body TEXT NOT NULL)')
+      const [{ page_count: pages } = { page_count: 0 }] = await db.query<{ page_count: number }>(
+        'PRAGMA page_count',
+      )
+      await db.execute(`PRAGMA max_page_count = ${pages + 2}`)
+      const failure = await failureOf(
+        db.transaction((tx) =>
+          tx.execute('INSERT INTO orders (id, body) VALUES ($1, $2)', ['o1', 'x'.repeat(100_000)]),
+        ),
+      )
+      expect(failure).toMatchObject({ code: 'SQLITE_FULL' })
+      expect(failure.message).toContain(file.filename)
+      expect(failure.message).toContain(`max_page_count set on this connection (${pages + 2} pages`)
+      expect(failure.message).not.toMatch(/no space left/)
+      // Not a lock held elsewhere: retrying at once meets the same limit.
+      expect(classifyFailure(failure)).toBe('unknown')
+      expect(sqlErrorKind(failure)).toBe('other')
+      // Raised, the same write goes through.
+      await db.execute('PRAGMA max_page_count = 1000000')
+      await db.execute('INSERT INTO orders (id, body) VALUES ($1, $2)', ['o1', 'x'.repeat(100_000)])
+    } finally {
+      await db.close()
+    }
+    const own = new BetterSqlite(file.filename)
+    try {
+      own.exec('PRAGMA max_page_count = 1')
+      own.exec('BEGIN')
+      const failure = await failureOf(
+        fromBetterSqlite(own as never).execute('INSERT INTO orders (id, body) VALUES ($1, $2)', [
+          'o2',
+          'x'.repeat(100_000),
+        ]),
+      )
+      expect(failure).toMatchObject({ code: 'SQLITE_FULL' })
+      expect(failure.message).toContain('max_page_count')
+      if (own.inTransaction) own.exec('ROLLBACK')
+    } finally {
+      own.close()
+    }
+  })
+})
+
 describe('a SQLite database that may not be written', () => {
   let file: TestSqlite | undefined
   afterEach(() => file?.cleanup())
@@ -214,6 +267,7 @@ describe('a SQLite database that may not be written', () => {
       expect(failure).toMatchObject({ code: 'SQLITE_READONLY' })
       expect(failure.message).toContain(file.filename)
       expect(failure.message).toMatch(/cannot be written/)
+      expect(classifyFailure(failure)).toBe('unknown')
     } finally {
       await db.close()
     }
