@@ -92,7 +92,11 @@ export interface Bulkhead extends Policy {
  * its signal aborts (`AbortedError`; `DeadlineExceededError` with `started: false` when the
  * signal's reason is one) or its `queueTimeoutMs` runs out. A slot is held until the
  * function's own promise settles, even if a hard timeout outside has already given up on it,
- * so the limit counts the work really in flight. Queue operations are O(1) (a linked list);
+ * so the limit counts the work really in flight. A bulkhead sees only what runs inside it:
+ * with a hard timeout inside it (`pipeline(bulkhead(), timeout(ms, { mode: 'hard' }))`), or
+ * any timeout inside on its caller's abort, the slot is handed on when that timeout rejects,
+ * while a function that ignores its signal still runs, so more than `maxConcurrent` run. Keep
+ * the bulkhead innermost, as the recommended order does. Queue operations are O(1) (a linked list);
  * a call that finds a free slot allocates nothing beyond its promise.
  *
  * Publishes `breakwater:bulkhead:rejected` on `node:diagnostics_channel` and counts rejections

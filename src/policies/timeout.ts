@@ -41,7 +41,9 @@ import type { Policy, PolicyContext, PolicyFunction } from './types.js'
  *   error); if `fn` resolves anyway, the caller gets the value. Nothing keeps running behind
  *   the caller's back.
  * - `'hard'`: at the timeout the caller is rejected with a `TimeoutError` at once and
- *   `ctx.signal` aborts; `fn` keeps running in the background (its result is dropped).
+ *   `ctx.signal` aborts; `fn` keeps running in the background (its result is dropped). A
+ *   bulkhead outside this timeout then frees its slot while `fn` still runs; one inside it
+ *   (the recommended order) holds the slot until `fn` settles.
  */
 export type TimeoutMode = 'cooperative' | 'hard'
 
