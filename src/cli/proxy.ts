@@ -548,7 +548,14 @@ async function runPrimary(
     config,
     configText,
     // A reload is checked with the worker count in force (the file's, or --workers).
-    loadConfig: () => readProxyConfig(file, { ...overrides, workers }, deps.env ?? process.env),
+    loadConfig: async () => {
+      const read = await readProxyConfig(file, { ...overrides, workers }, deps.env ?? process.env)
+      // The admin API's token file (of the start's settings, in force until a restart) is
+      // read on each request: one that became empty or unreadable is refused as at start.
+      const { checkAdminTokenFile } = await import('../proxy/config/files.js')
+      await checkAdminTokenFile({ ...read.config, admin: config.admin }, file)
+      return read
+    },
     file,
     logger: log,
     metrics,

@@ -325,6 +325,9 @@ class ProxyRuntime implements ProxyInternals {
   /** Stores being opened for a start or reload, how to cancel each, and when it has ended. */
   readonly #storesOpening = new Set<{ cancel: () => void; settled: Promise<void> }>()
   #admin: AdminServerLike | undefined
+  // The admin settings the admin API was started with: read at start only, so a reload checks
+  // the token file in force, not one a reloaded file names for the next start.
+  #adminSettings: ProxyConfig['admin'] | undefined
   #watcher: FileWatch | undefined
   /**
    * The config file's text as last read (undefined: a reload from it failed to apply, or text
@@ -433,6 +436,7 @@ class ProxyRuntime implements ProxyInternals {
       if (this.#adminEnabled && config.admin !== undefined) {
         const { startAdminServer } = await import('./admin/server.js')
         const admin = config.admin
+        this.#adminSettings = admin
         // Named, as a listener's failure is, so a port in use says which port of the file it is.
         this.#admin = await bound
           .wait(
@@ -714,7 +718,17 @@ class ProxyRuntime implements ProxyInternals {
           `reading ${this.#sourceName()}`,
           this.#readConfig(yamlText, bound),
         ))
-        this.#checkEnvSecrets(config, yamlText === undefined ? this.#sourceName() : 'reload')
+        const source = yamlText === undefined ? this.#sourceName() : 'reload'
+        this.#checkEnvSecrets(config, source)
+        // The token file is read on each admin request: one that became empty or unreadable
+        // refuses every /admin/ request, this reload's own POST included. Refused as at start,
+        // naming the file, while the running config stays.
+        if (this.#adminSettings !== undefined)
+          await bound.wait(
+            'admin.token',
+            'reading the admin token file',
+            checkAdminTokenFile({ ...config, admin: this.#adminSettings }, source),
+          )
       } catch (error) {
         return this.#reloadFailed(error, yamlText === undefined)
       }

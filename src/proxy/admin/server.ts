@@ -261,11 +261,15 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       presented !== undefined &&
       expected !== undefined
     if (!ok) {
-      log.warn('admin request refused: missing or wrong token', {
-        method: req.method,
-        path: pathOf(req),
-        remote: req.socket.remoteAddress,
-      })
+      const where = { method: req.method, path: pathOf(req), remote: req.socket.remoteAddress }
+      // A token source that became empty or unreadable after the start refuses every request:
+      // the line names the file (or variable) to fix, not the client's token.
+      if (expected === undefined)
+        log.warn(
+          `admin request refused: the admin token ${'env' in config.token ? 'variable' : 'file'} holds no usable token`,
+          { ...where, tokenSource },
+        )
+      else log.warn('admin request refused: missing or wrong token', where)
       throw new AdminProblem(401, 'UNAUTHORIZED', 'a valid bearer token is required', {})
     }
   }
