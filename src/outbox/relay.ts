@@ -546,9 +546,12 @@ function errorText(error: unknown): string {
   return cut.replaceAll('\u0000', '\\0')
 }
 
+/** What charging an event for a failed publish reads of its row: no payload. */
+type ChargedRow = Pick<OutboxRow, 'id' | 'event_id' | 'aggregate_id' | 'attempts'>
+
 interface WaveResult {
   readonly ok: OutboxRow[]
-  readonly charged: Array<{ readonly row: OutboxRow; readonly error: unknown }>
+  readonly charged: Array<{ readonly row: ChargedRow; readonly error: unknown }>
   /** The broker looks down (or the breaker is open): stop this round and back off. */
   readonly outage: boolean
   readonly retryAfterMs: number
@@ -630,8 +633,10 @@ class OutboxRelay implements Relay {
   // The retention run under way: stop() waits for it, a crash leaves it behind.
   #pruning: Promise<void> | undefined
   #timersStopped = false
-  // Aggregates whose head event failed with an unclear error; see #publishBatch.
-  readonly #suspects = new Map<string, { readonly row: OutboxRow; readonly error: unknown }>()
+  // Aggregates whose head event failed with an unclear error; see #publishBatch. Without the
+  // payload: suspects outlive their round, and while every publish fails without an outage
+  // being concluded, each round adds its events, up to one per pending aggregate.
+  readonly #suspects = new Map<string, { readonly row: ChargedRow; readonly error: unknown }>()
   // Aggregates whose last attempt failed, oldest first; see #publishBatch.
   readonly #recentFailures = new Set<string>()
   #nextRebalanceAt = 0
@@ -1548,7 +1553,8 @@ class OutboxRelay implements Relay {
   }
 
   #suspect(row: OutboxRow, error: unknown): void {
-    this.#suspects.set(row.aggregate_id, { row, error })
+    const { id, event_id, aggregate_id, attempts } = row
+    this.#suspects.set(aggregate_id, { row: { id, event_id, aggregate_id, attempts }, error })
     this.#noteFailure(row.aggregate_id)
   }
 
@@ -1723,7 +1729,7 @@ class OutboxRelay implements Relay {
     }
   }
 
-  async #charge(row: OutboxRow, failure: unknown): Promise<void> {
+  async #charge(row: ChargedRow, failure: unknown): Promise<void> {
     const now = this.#clock.now()
     const charged = readStoredWholeNumber(row.attempts)
     // A count changed outside breakwater: text made the backoff throw, so the event was never
@@ -1862,7 +1868,7 @@ function isOversize(row: Pick<OutboxRow, 'payload_chars'>): boolean {
 }
 
 /** Where `column` of an outbox row is stored, for {@link StoredDataError}. */
-function outboxPlace(row: OutboxRow, column: string): StoredPlace {
+function outboxPlace(row: Pick<OutboxRow, 'id' | 'event_id'>, column: string): StoredPlace {
   return {
     table: outboxTable,
     row: `row ${Number(row.id)} (event ${JSON.stringify(row.event_id)})`,

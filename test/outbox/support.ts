@@ -246,13 +246,14 @@ export function repeated(ids: readonly string[]): string[] {
 }
 
 /**
- * `db`, handing `seen` the rows each query returns (with its SQL), after `before(sql)` if given
- * (a test holds a statement there). What statements hand the relay, without a mock database.
+ * `db`, handing `seen` the rows each query returns (with its SQL), after `before(sql, params)`
+ * if given (a test holds a statement there). What statements hand the relay, without a mock
+ * database.
  */
 export function observingQueries<D extends SqlDriver>(
   db: D,
   seen: (sql: string, rows: ReadonlyArray<Record<string, unknown>>) => void,
-  before?: (sql: string) => Promise<void>,
+  before?: (sql: string, params: readonly unknown[] | undefined) => Promise<void>,
 ): D {
   return new Proxy(db, {
     get(target, prop) {
@@ -260,7 +261,7 @@ export function observingQueries<D extends SqlDriver>(
       if (typeof value !== 'function') return value
       if (prop !== 'query') return value.bind(target)
       return async (sql: string, params?: readonly unknown[]) => {
-        await before?.(sql)
+        await before?.(sql, params)
         const rows = (await target.query(sql, params)) as Array<Record<string, unknown>>
         seen(sql, rows)
         return rows
