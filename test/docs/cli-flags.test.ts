@@ -2,7 +2,10 @@
 // every flag the documents show is one some command lists. `saga retry|cancel --by`, the saga
 // worker's `--metrics-host` and the proxy's `--log-level` were taken (and in --help) but in no
 // document, so a reader of docs/saga.md did not learn that the worker's metrics listen on
-// 127.0.0.1 only unless told otherwise.
+// 127.0.0.1 only unless told otherwise. Each numeric flag of the relay and the saga worker has
+// its range in a table of its document, and the range written there is the one the command
+// refuses outside of: `--max-attempts` (at most 1,000,000) and the worker's `--lease-ms` (at
+// least 30, the library's 10) took less than the library's options without saying so.
 
 import { EventEmitter } from 'node:events'
 import { readdirSync, readFileSync } from 'node:fs'
@@ -84,4 +87,46 @@ describe("the CLI's flags in the documentation", () => {
     )
     expect(unknown).toEqual([])
   })
+})
+
+/** The long-running commands with numeric flags, their source and the range table's document. */
+const ranged: ReadonlyArray<readonly [string, CapturedEntry, string, readonly string[], string]> = [
+  ['relay', relayCommand, 'src/cli/relay.ts', [], 'docs/outbox.md'],
+  [
+    'saga worker',
+    sagaWorkerCommand,
+    'src/cli/saga-worker.ts',
+    ['--module', 'x.js'],
+    'docs/saga.md',
+  ],
+]
+
+/** The rows `| \`--flag\` | A to B | ... |` of `doc`'s tables: flag to `[A, B]`. */
+function documentedRanges(doc: string): Map<string, readonly [string, string]> {
+  const rows = read(doc).matchAll(/^\| `(--[a-z-]+)` \| (\d+) to (\d+) \|/gm)
+  return new Map([...rows].map((row) => [row[1]!, [row[2]!, row[3]!] as const]))
+}
+
+describe("the numeric flags' ranges in the documentation", () => {
+  it.each(ranged)(
+    'every numeric flag of `%s` has its range in its document, as the command refuses it',
+    async (_name, entry, source, required, doc) => {
+      const documented = documentedRanges(doc)
+      // The flags the command reads as integers (integerFlag and metricsFlags' port).
+      const numeric = new Set([
+        '--metrics-port',
+        ...[...read(source).matchAll(/integerFlag\(\s*'(--[a-z-]+)'/g)].map((m) => m[1]!),
+      ])
+      expect([...numeric].filter((flag) => !documented.has(flag))).toEqual([])
+      for (const [flag, [min, max]] of documented) {
+        // --stats-interval-ms applies only with --metrics-port.
+        const companion = flag === '--stats-interval-ms' ? ['--metrics-port', '0'] : []
+        const { code, stderr } = await runCaptured(entry, [...required, ...companion, flag, 'x'])
+        expect(code, flag).toBe(2)
+        expect(stderr, flag).toMatch(
+          new RegExp(`${flag} must be an integer .*from ${min} to ${max},`),
+        )
+      }
+    },
+  )
 })
