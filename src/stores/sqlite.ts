@@ -246,11 +246,10 @@ function describeSqliteFailure(
   const base = environmentCodes.find((c) => code === c || code.startsWith(`${c}_`))
   if (base === undefined) return error
   described.add(error)
-  const file =
-    filename === undefined || filename === '' || filename === ':memory:'
-      ? 'the in-memory SQLite database'
-      : `SQLite file ${filename}`
-  const limit = base === 'SQLITE_FULL' && db !== undefined ? pageLimit(db, filename) : undefined
+  const onDisk =
+    filename === undefined || filename === '' || filename === ':memory:' ? undefined : filename
+  const file = onDisk === undefined ? 'the in-memory SQLite database' : `SQLite file ${onDisk}`
+  const limit = base === 'SQLITE_FULL' && db !== undefined ? pageLimit(db, onDisk) : undefined
   const meaning =
     limit === undefined
       ? environmentMeaning(base, busyTimeoutMs)
@@ -273,11 +272,11 @@ function describeSqliteFailure(
  * room to spare was told its disk was full. The limit is the cause when the room it leaves is
  * less than the file system's free space: a write too large for the disk is then refused by the
  * limit first. An in-memory database has no file system, so only its limit (or the process's
- * memory, which fails with SQLITE_NOMEM instead) can be full.
+ * memory, which fails with SQLITE_NOMEM instead) can be full: `onDisk` is undefined for it.
  */
 function pageLimit(
   db: BetterSqliteDatabase,
-  filename: string | undefined,
+  onDisk: string | undefined,
 ): { max: number; pages: number; pageSize: number } | undefined {
   try {
     const max = pragmaNumber(db, 'max_page_count')
@@ -285,8 +284,8 @@ function pageLimit(
     const pageSize = pragmaNumber(db, 'page_size')
     if (max === undefined || pages === undefined || pageSize === undefined) return undefined
     const left = (max - pages) * pageSize
-    if (filename !== undefined && filename !== '' && filename !== ':memory:') {
-      const fs = statfsSync(dirname(filename))
+    if (onDisk !== undefined) {
+      const fs = statfsSync(dirname(onDisk))
       if (left >= fs.bavail * fs.bsize) return undefined
     }
     return { max, pages, pageSize }
@@ -817,7 +816,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.close()
     throw (
       unwritableFolder(filename, error) ??
-      describeSqliteFailure(error, fileKey ?? filename, busyTimeoutMs, db)
+      describeSqliteFailure(error, fileKey ?? filename, busyTimeoutMs)
     )
   }
   return new SqliteDriver(
