@@ -553,7 +553,7 @@ async function runPrimary(
       // The admin API's token file (of the start's settings, in force until a restart) is
       // read on each request: one that became empty or unreadable is refused as at start.
       const { checkAdminTokenFile } = await import('../proxy/config/files.js')
-      await checkAdminTokenFile({ ...read.config, admin: config.admin }, file)
+      await checkAdminTokenFile({ admin: config.admin }, file)
       return read
     },
     file,

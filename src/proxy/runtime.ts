@@ -727,7 +727,7 @@ class ProxyRuntime implements ProxyInternals {
           await bound.wait(
             'admin.token',
             'reading the admin token file',
-            checkAdminTokenFile({ ...config, admin: this.#adminSettings }, source),
+            checkAdminTokenFile({ admin: this.#adminSettings }, source),
           )
       } catch (error) {
         return this.#reloadFailed(error, yamlText === undefined)

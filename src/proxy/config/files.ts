@@ -207,9 +207,11 @@ const adminTokenRule =
 
 /**
  * Refuses, as {@link ConfigInvalidError} (code `CONFIG_INVALID`) naming `admin.token.file`, a
- * config whose admin token file cannot be read or holds no usable token (see
- * {@link adminTokenProblem}): the proxy would start and refuse every /admin/ request. Called
- * at start, before anything is bound; `--check` reports the same through {@link unusableFiles}.
+ * config (only its `admin` is read) whose admin token file cannot be read or holds no usable
+ * token (see {@link adminTokenProblem}): the proxy would start and refuse every /admin/
+ * request. Called at start, before anything is bound, and on each reload with the admin
+ * settings the running admin API was started with; `--check` reports the same through
+ * {@link unusableFiles}.
  * A token from `{ env }` is refused by checkEnvSecrets (env-secrets.ts) instead, with the
  * services' `{ env }` credentials, at start, by `--check` and on a reload.
  *
@@ -218,7 +220,10 @@ const adminTokenRule =
  * await checkAdminTokenFile(config, 'breakwater.yaml') // throws ConfigInvalidError
  * ```
  */
-export async function checkAdminTokenFile(config: ProxyConfig, source: string): Promise<void> {
+export async function checkAdminTokenFile(
+  config: Pick<ProxyConfig, 'admin'>,
+  source: string,
+): Promise<void> {
   const token = config.admin?.token
   if (token === undefined || !('file' in token)) return
   let reason: string | undefined
