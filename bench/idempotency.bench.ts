@@ -63,7 +63,19 @@ class CountingDriver implements SqlDriver {
   constructor(inner: SqlDriver) {
     this.#inner = inner
     this.dialect = inner.dialect
+    const atomically = inner.writeAtomically?.bind(inner)
+    if (atomically !== undefined) {
+      // A unit's own statements, with its SAVEPOINT and RELEASE when it has more than one
+      // statement or a check; the group's BEGIN and COMMIT are shared by its units, not counted.
+      this.writeAtomically = (writes, check) => {
+        this.statements += writes.length + (writes.length > 1 || check !== undefined ? 2 : 0)
+        this.roundTrips++
+        return atomically(writes, check)
+      }
+    }
   }
+
+  writeAtomically?: SqlDriver['writeAtomically']
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     this.statements++

@@ -1,4 +1,10 @@
-import { type SqlDialect, type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
+import { isGroupableWrite } from '../stores/group-commit.js'
+import {
+  type SqlDialect,
+  type SqlTransaction,
+  type SqlWrite,
+  TransactionMisuseError,
+} from '../stores/index.js'
 import type { IdempotencyStore } from './store.js'
 
 type Decision =
@@ -43,10 +49,14 @@ export class DeferredTransaction implements SqlTransaction {
    * are sent the moment it begins, before anything else runs, so they keep their order with
    * each other and come before the result's write (see {@link DeferredTransaction.defer}).
    */
-  #waiting: Array<{
-    readonly send: (tx: SqlTransaction) => void
-    readonly fail: (error: unknown) => void
-  }> = []
+  #waiting: WaitingStatement[] = []
+  /**
+   * Deferred writes kept back while the transaction has not begun, on a store that can write
+   * them with the result as one atomic unit (`completeAtomically`): if nothing begins the
+   * transaction before the result is recorded, they go with it in a group commit; otherwise
+   * they are sent first thing when it begins.
+   */
+  #kept: SqlWrite[] = []
   /** Deferred writes sent so far; each settles (never rejects) once answered. */
   #deferred: Promise<void>[] = []
   /** The failure of the first deferred write (in the order made) that failed, once answered. */
@@ -62,9 +72,9 @@ export class DeferredTransaction implements SqlTransaction {
     this.dialect = dialect
   }
 
-  /** Whether the transaction has begun. */
+  /** Whether the transaction has begun, or a write was deferred into it. */
   get opened(): boolean {
-    return this.#began
+    return this.#began || this.#kept.length > 0
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
@@ -94,9 +104,18 @@ export class DeferredTransaction implements SqlTransaction {
   defer(sql: string, params?: readonly unknown[]): void {
     const refused = this.refusal()
     if (refused !== undefined) throw refused
+    if (!this.#began && this.#store.completeAtomically !== undefined && isGroupableWrite(sql)) {
+      this.#kept.push(params === undefined ? { sql } : { sql, params })
+      return
+    }
     const tx = this.#savepoints.at(-1) ?? this.#current()
-    const written =
-      tx !== undefined ? tx.execute(sql, params) : this.#whenBegun((tx) => tx.execute(sql, params))
+    this.#track(
+      tx !== undefined ? tx.execute(sql, params) : this.#whenBegun((tx) => tx.execute(sql, params)),
+    )
+  }
+
+  // Counts a deferred write that was sent: its failure is checked before the commit.
+  #track(written: Promise<unknown>): void {
     const order = this.#deferred.length
     this.#deferred.push(
       written.then(
@@ -167,6 +186,24 @@ export class DeferredTransaction implements SqlTransaction {
   /** Begins the store's transaction; statements made meanwhile wait in `#waiting`. */
   #open(): void {
     this.#began = true
+    if (this.#kept.length > 0) {
+      // The writes deferred before it began go first: they were made before anything waiting.
+      const kept = this.#kept.map(({ sql, params }) => {
+        let statement: WaitingStatement | undefined
+        this.#track(
+          new Promise<unknown>(
+            (resolve, reject) =>
+              (statement = {
+                send: (tx) => void tx.execute(sql, params).then(resolve, reject),
+                fail: reject,
+              }),
+          ),
+        )
+        return statement!
+      })
+      this.#kept = []
+      this.#waiting = [...kept, ...this.#waiting]
+    }
     const decision = new Promise<Decision>((resolve) => {
       this.#decide = resolve
     })
@@ -252,9 +289,18 @@ export class DeferredTransaction implements SqlTransaction {
    * the transaction, `write` runs in a transaction of its own. Rejects (after rolling back)
    * when `write` or COMMIT fails.
    */
-  commit(write: (tx: SqlTransaction) => Promise<void>): Promise<void> {
+  commit(
+    write: (tx: SqlTransaction) => Promise<void>,
+    atomically?: (writes: readonly SqlWrite[]) => Promise<void>,
+  ): Promise<void> {
     this.#closed = true
-    if (!this.#began) return this.#store.transaction(write)
+    if (!this.#began) {
+      // Nothing waits for an answer inside the transaction: the deferred writes and the
+      // result's write can go as one unit, sharing a commit with other requests'.
+      if (atomically !== undefined) return atomically(this.#kept)
+      if (this.#kept.length === 0) return this.#store.transaction(write)
+      this.#open()
+    }
     this.#decide?.({ commit: write })
     return this.#done!
   }
@@ -266,10 +312,17 @@ export class DeferredTransaction implements SqlTransaction {
   async rollback(reason?: Error): Promise<void> {
     if (!this.#closed) this.#closedError = reason
     this.#closed = true
+    this.#kept = []
     if (!this.#began) return
     this.#decide?.(rollbackDecision)
     await this.#done?.catch(() => {})
   }
+}
+
+/** A statement made before the store's transaction began, sent once it has. */
+interface WaitingStatement {
+  readonly send: (tx: SqlTransaction) => void
+  readonly fail: (error: unknown) => void
 }
 
 function closedMisuse(): TransactionMisuseError {

@@ -301,11 +301,26 @@ export class Execution {
     }
     const { store, clock, retentionMs } = this.#settings
     try {
-      await this.#tx.commit(async (tx) => {
-        const nowMs = clock.now()
-        const held = await store.complete(tx, this.#lease, result, nowMs, nowMs + retentionMs)
-        if (!held) throw this.#leaseLost()
-      })
+      await this.#tx.commit(
+        async (tx) => {
+          const nowMs = clock.now()
+          const held = await store.complete(tx, this.#lease, result, nowMs, nowMs + retentionMs)
+          if (!held) throw this.#leaseLost()
+        },
+        store.completeAtomically === undefined || this.#claimInTx
+          ? undefined
+          : async (writes) => {
+              const nowMs = clock.now()
+              const held = await store.completeAtomically!(
+                writes,
+                this.#lease,
+                result,
+                nowMs,
+                nowMs + retentionMs,
+              )
+              if (!held) throw this.#leaseLost()
+            },
+      )
       publish('recorded', { scope: this.#lease.scope, key: this.#lease.key, status: result.status })
     } catch (error) {
       if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()

@@ -11,6 +11,8 @@ import {
   type SqlDriver,
   type SqlExecutor,
   type SqlTransaction,
+  type SqlWrite,
+  type WriteCheck,
 } from '../stores/index.js'
 import { IdempotencyInProgressError } from './errors.js'
 import {
@@ -203,11 +205,19 @@ class ClaimSteps implements IdempotencyClaimSteps {
   readonly #executor: SqlExecutor
   readonly #sql: IdempotencyStatements
   readonly #claimSql: string
+  /** The driver's group commit, for a claim outside any transaction (SQLite). */
+  readonly #atomically: SqlDriver['writeAtomically']
 
-  constructor(executor: SqlExecutor, sql: IdempotencyStatements, claimSql: string) {
+  constructor(
+    executor: SqlExecutor,
+    sql: IdempotencyStatements,
+    claimSql: string,
+    atomically?: SqlDriver['writeAtomically'],
+  ) {
     this.#executor = executor
     this.#sql = sql
     this.#claimSql = claimSql
+    this.#atomically = atomically
   }
 
   async get(scope: string, key: string): Promise<IdempotencyRecord | undefined> {
@@ -227,7 +237,10 @@ class ClaimSteps implements IdempotencyClaimSteps {
     ]
     const counted = this.#sql.claimCounted
     if (counted !== undefined) {
-      const { rowCount } = await this.#executor.execute(counted, params)
+      const rowCount =
+        this.#atomically === undefined
+          ? (await this.#executor.execute(counted, params)).rowCount
+          : (await this.#atomically([{ sql: counted, params }]))[0]
       if (rowCount === 1) return claimed
       return { claimed: false, existing: await this.get(input.scope, input.key) }
     }
@@ -268,6 +281,31 @@ class ClaimSteps implements IdempotencyClaimSteps {
 
 const claimed: ClaimOutcome = { claimed: true }
 
+/** The parameters of the fenced result write (`complete`, `completeOrRaise`). */
+function completeParams(
+  lease: LeaseRef,
+  result: StoredResult,
+  nowMs: number,
+  expiresAtMs: number,
+): unknown[] {
+  return [
+    lease.scope,
+    lease.key,
+    lease.leaseToken,
+    result.status ?? null,
+    JSON.stringify(result.headers),
+    asBuffer(result.body),
+    ms(nowMs),
+    ms(expiresAtMs),
+  ]
+}
+
+// A grouped result write that changed no row: the lease was lost, so the unit (the handler's
+// deferred writes with it) is rolled back. Never escapes this file.
+const leaseLostRefusal = new Error('idempotency: lease lost at the grouped result write')
+const leaseHeld: WriteCheck = (rowCounts) =>
+  rowCounts[rowCounts.length - 1] === 1 ? undefined : leaseLostRefusal
+
 /**
  * The idempotency store on breakwater's SQL seam, for SQLite and PostgreSQL. Run
  * {@link migrateIdempotency} (or the CLI's `breakwater migrate`) once before use.
@@ -295,7 +333,9 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     throw new InvalidOptionError('db', 'a SqlDriver (sqlite or postgres)', db)
   }
   const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
-  const autocommit = new ClaimSteps(db, sql, sql.claim)
+  // Bound once: the claim and the result share COMMITs with other requests' (group commit).
+  const atomically = db.writeAtomically?.bind(db)
+  const autocommit = new ClaimSteps(db, sql, sql.claim, atomically)
   // The transactions a complete() rolled back on finding the lease lost (PostgreSQL), with
   // that lease: the driver rejects them with the raw BW001 error, reported by `transaction`
   // as the lease-lost error instead.
@@ -332,6 +372,30 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       }
     },
 
+    ...(atomically === undefined
+      ? {}
+      : {
+          async completeAtomically(
+            writes: readonly SqlWrite[],
+            lease: LeaseRef,
+            result: StoredResult,
+            nowMs: number,
+            expiresAtMs: number,
+          ): Promise<boolean> {
+            const complete = {
+              sql: sql.complete,
+              params: completeParams(lease, result, nowMs, expiresAtMs),
+            }
+            try {
+              await atomically(writes.length === 0 ? [complete] : [...writes, complete], leaseHeld)
+              return true
+            } catch (error) {
+              if (error === leaseLostRefusal) return false
+              throw error
+            }
+          },
+        }),
+
     async complete(
       tx: SqlTransaction,
       lease: LeaseRef,
@@ -339,16 +403,7 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       nowMs: number,
       expiresAtMs: number,
     ): Promise<boolean> {
-      const params = [
-        lease.scope,
-        lease.key,
-        lease.leaseToken,
-        result.status ?? null,
-        JSON.stringify(result.headers),
-        asBuffer(result.body),
-        ms(nowMs),
-        ms(expiresAtMs),
-      ]
+      const params = completeParams(lease, result, nowMs, expiresAtMs)
       // On PostgreSQL the result write and COMMIT share one round trip when the transaction is
       // breakwater's own; the write raises when the lease is lost, which rolls everything back.
       if (sql.completeOrRaise !== undefined && tx.finish !== undefined) {

@@ -1,5 +1,5 @@
 import type { StoredPlace } from '../stores/errors.js'
-import type { SqlDialect, SqlTransaction } from '../stores/index.js'
+import type { SqlDialect, SqlTransaction, SqlWrite } from '../stores/index.js'
 import type { JsonValue } from './types.js'
 
 // The narrow backend interface of the idempotency capability. The SQL store (SQLite and
@@ -163,6 +163,21 @@ export interface IdempotencyStore {
    */
   complete(
     tx: SqlTransaction,
+    lease: LeaseRef,
+    result: StoredResult,
+    nowMs: number,
+    expiresAtMs: number,
+  ): Promise<boolean>
+  /**
+   * Without a transaction of the caller's: writes `writes` (the handler's deferred writes, in
+   * order) and the result as one atomic unit, only if `lease` still holds the key; false (and
+   * nothing written) when it does not. Present where the store's database has
+   * {@link SqlDriver.writeAtomically} (SQLite), whose group commit lets many requests' results
+   * share one `COMMIT`; the protocol uses it for a leased claim whose handler opened no
+   * transaction (it wrote only with `ctx.deferWrite`, or not at all).
+   */
+  completeAtomically?(
+    writes: readonly SqlWrite[],
     lease: LeaseRef,
     result: StoredResult,
     nowMs: number,

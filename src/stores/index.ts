@@ -38,5 +38,7 @@ export type {
   SqlExecutor,
   SqlNotification,
   SqlTransaction,
+  SqlWrite,
   Unlisten,
+  WriteCheck,
 } from './types.js'

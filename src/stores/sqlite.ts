@@ -23,6 +23,12 @@ import {
   StoreClosedError,
   TransactionMisuseError,
 } from './errors.js'
+import {
+  type GroupConnection,
+  groupedWritesRefusal,
+  type PendingUnit,
+  runGroup,
+} from './group-commit.js'
 import { LruCache } from './lru.js'
 import { AsyncMutex } from './mutex.js'
 import { bindPositional, notSql, type PositionalSql, toPositional } from './placeholders.js'
@@ -30,7 +36,7 @@ import { ScopedTransaction } from './scoped-transaction.js'
 import { type FileLock, fileLock } from './sqlite-file-lock.js'
 import { folderChain, statOf } from './sqlite-path.js'
 import { currentTransaction, refuseCloseInside } from './transaction-context.js'
-import type { SqlDriver, SqlExecutor, SqlTransaction } from './types.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction, SqlWrite, WriteCheck } from './types.js'
 
 /** The default database file of the embedded store. */
 export const defaultSqliteFilename = './.breakwater/breakwater.db'
@@ -442,6 +448,12 @@ export class SqliteDriver implements SqlDriver {
   /** The file's real path, for error messages; undefined for an in-memory database. */
   readonly #filename: string | undefined
   #closed = false
+  /** Units of {@link writeAtomically} waiting for their group. */
+  #units: PendingUnit[] = []
+  /** Whether a group is due to run (asked for, and not yet holding the locks). */
+  #groupDue = false
+  /** The connection as a group sees it (see group-commit.ts). */
+  readonly #group: GroupConnection
 
   /** @internal Use {@link createSqliteDriver}. */
   constructor(
@@ -467,6 +479,15 @@ export class SqliteDriver implements SqlDriver {
       busyTimeoutMs,
       filename,
     )
+    this.#group = {
+      begin: () => db.exec('BEGIN IMMEDIATE'),
+      commit: () => db.exec('COMMIT'),
+      run: (sql, params) => this.#statements.run(sql, params),
+      exec: (sql) => db.exec(sql),
+      inTransaction: () => db.inTransaction,
+      rollbackQuietly: () => this.#rollbackQuietly(),
+      described: (error) => this.#described(error),
+    }
   }
 
   // A failure of one of this driver's statements, BEGIN or COMMIT, naming the file when its
@@ -654,6 +675,70 @@ export class SqliteDriver implements SqlDriver {
   }
 
   /**
+   * Writes `writes` atomically, sharing one `COMMIT` with the other units asked for in the same
+   * turn of the event loop (group commit, see {@link SqlDriver.writeAtomically}). The group runs
+   * on `setImmediate`, so units that arrive while I/O callbacks run (the requests of one poll)
+   * join it; it waits for the driver's and the file's locks as a transaction does.
+   */
+  writeAtomically(writes: readonly SqlWrite[], check?: WriteCheck): Promise<number[]> {
+    try {
+      this.#refuseReentry(true)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
+    const refusal = groupedWritesRefusal(writes)
+    if (refusal !== undefined) return Promise.reject(refusal)
+    return new Promise<number[]>((resolve, reject) => {
+      this.#units.push({ writes, check, resolve, reject })
+      if (!this.#groupDue) {
+        this.#groupDue = true
+        setImmediate(this.#runDueGroup)
+      }
+    })
+  }
+
+  readonly #runDueGroup = (): void => {
+    void this.#commitUnits()
+  }
+
+  // Takes the locks, then every unit queued by then: units asked for while it waited join.
+  async #commitUnits(): Promise<void> {
+    if (!this.#mutex.tryAcquire()) await this.#mutex.acquire()
+    try {
+      this.#groupDue = false
+      await this.#runUnitsHoldingDriver()
+    } finally {
+      this.#mutex.release()
+    }
+  }
+
+  // Runs the queued units; the caller holds this driver's lock.
+  async #runUnitsHoldingDriver(): Promise<void> {
+    const units = this.#units
+    if (units.length === 0) return
+    this.#units = []
+    try {
+      if (!this.#file.mutex.tryAcquire()) await this.#takeFileLock()
+    } catch (error) {
+      for (const unit of units) unit.reject(error)
+      return
+    }
+    try {
+      if (this.#closed) {
+        for (const unit of units) unit.reject(new StoreClosedError('sqlite'))
+        return
+      }
+      let left: PendingUnit[] = units
+      while (left.length > 0) left = runGroup(this.#group, left)
+      this.#untilWalCheck -= units.length
+      if (this.#untilWalCheck <= 0) this.#checkWal(true)
+    } finally {
+      this.#file.mutex.release()
+    }
+  }
+
+  /**
    * Checkpoints the WAL back to nothing once it has grown past `walSizeLimitBytes`. SQLite
    * checkpoints after commits on its own, but without waiting: a reader on an older snapshot
    * stops it short, and the WAL restarts from its beginning only once it was checkpointed whole
@@ -718,6 +803,8 @@ export class SqliteDriver implements SqlDriver {
     await this.#mutex.acquire()
     try {
       if (this.#closed) return
+      // Units asked for before close() are work in progress: written, not refused.
+      await this.#runUnitsHoldingDriver()
       this.#closed = true
       this.#statements.clear()
       this.#db.close()

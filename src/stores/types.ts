@@ -93,6 +93,18 @@ export interface SqlNotification {
 /** Stops a {@link SqlDriver.listen} subscription. */
 export type Unlisten = () => Promise<void>
 
+/** One statement of a unit given to {@link SqlDriver.writeAtomically}. */
+export interface SqlWrite {
+  readonly sql: string
+  readonly params?: readonly unknown[]
+}
+
+/**
+ * Looks at a unit's row counts (one per statement, in order) once its statements ran, before
+ * its commit: returns an error to roll the unit back and reject with it, or undefined to keep it.
+ */
+export type WriteCheck = (rowCounts: readonly number[]) => Error | undefined
+
 /** A database connection (or pool) owned by breakwater. */
 export interface SqlDriver extends SqlExecutor {
   /**
@@ -118,6 +130,22 @@ export interface SqlDriver extends SqlExecutor {
    * a nested unit (a savepoint).
    */
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
+  /**
+   * Writes `writes` atomically: all of them or, when one fails or `check` refuses, none.
+   * Resolves with each statement's row count once they are committed. Present on SQLite, where
+   * it is a group commit: units asked for in the same turn of the event loop share one
+   * `BEGIN IMMEDIATE ... COMMIT`, each in a savepoint of its own, which writes each changed page
+   * to the log once for the group instead of once per unit (about a quarter of the cost per
+   * small unit at 16 to a group). A unit's promise settles after the group's `COMMIT`, so a
+   * resolved write is durable as a transaction's is. Units are statements, not callbacks: no
+   * caller's code runs inside the shared transaction. A failing `COMMIT` rejects every unit of
+   * the group (nothing of it was written); a failure that ends SQLite's whole transaction (a
+   * full disk, `OR ROLLBACK`) rejects the unit that met it, and the group's other units are run
+   * again in a new transaction. Statements that control transactions or savepoints are refused
+   * with `TRANSACTION_MISUSE`, as is a call from inside this driver's own transaction.
+   * Absent on PostgreSQL: callers fall back to {@link transaction}.
+   */
+  writeAtomically?(writes: readonly SqlWrite[], check?: WriteCheck): Promise<number[]>
   /**
    * Subscribes to notifications on `channel` (PostgreSQL LISTEN on one dedicated connection per
    * driver, re-established with backoff when it drops). Absent on SQLite, where consumers poll.
