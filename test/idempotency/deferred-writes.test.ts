@@ -216,6 +216,39 @@ describe.each(dbTargets)('ctx.deferWrite on $dialect', (target) => {
       expect(await charges(tenant)).toBe(0)
     })
 
+    it.runIf(claim === 'leased')(
+      "rolls the deferred writes back when the lease was taken at the result write, and not another request's",
+      async () => {
+        const tenant = randomUUID()
+        const idempotency = core()
+        let neighbour: Promise<unknown> | undefined
+        const run = idempotency.run(tenant, async (ctx) => {
+          ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+          // Another holder's token, as a takeover after a missed lease end would leave it.
+          await testDb.db.execute(
+            `UPDATE breakwater_idempotency SET lease_token = 'someone-else' WHERE idem_key = $1`,
+            [ctx.key],
+          )
+          // Another request running meanwhile, through the same group commit on SQLite.
+          neighbour = idempotency.run(`${tenant}-n`, (other) => {
+            other.deferWrite(insertCharge, [randomUUID(), tenant, 2])
+            return 'kept'
+          })
+          return 'lost'
+        })
+        await expect(run).rejects.toMatchObject({
+          code: 'IDEMPOTENCY_IN_PROGRESS',
+          reason: 'lease-lost',
+        })
+        expect(await neighbour).toBe('kept')
+        const rows = await testDb.db.query<{ amount: number | string }>(
+          'SELECT amount FROM charges WHERE tenant = $1',
+          [tenant],
+        )
+        expect(rows.map((row) => Number(row.amount))).toEqual([2])
+      },
+    )
+
     it.runIf(target.dialect === 'postgres')(
       'sends the result write before the deferred write is answered (one round trip for both)',
       async () => {
