@@ -33,7 +33,7 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { startPostgres } from '../scripts/services.mjs'
 import type { IdempotencyClaimMode } from '../src/idempotency/index.js'
-import type { SqlDriver, SqlTransaction } from '../src/stores/index.js'
+import type { SqlDriver, SqlTransaction, SqlWrite, WriteCheck } from '../src/stores/index.js'
 import { built } from './lib/built.js'
 import { collectGarbage, percentile, type ResultRow, writeResults } from './lib/harness.js'
 
@@ -75,7 +75,7 @@ class CountingDriver implements SqlDriver {
     }
   }
 
-  writeAtomically?: SqlDriver['writeAtomically']
+  writeAtomically?: (writes: readonly SqlWrite[], check?: WriteCheck) => Promise<number[]>
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     this.statements++

@@ -42,11 +42,14 @@ const rollbackTo = 'ROLLBACK TO breakwater_unit'
 const noParams: readonly unknown[] = []
 
 /**
- * Runs `units` in one transaction, each in a savepoint of its own (a unit of one statement and no
- * check needs none: SQLite undoes a failed statement by itself), and settles every unit's
- * promise: resolved with its row counts once the COMMIT succeeded, rejected with its own
- * statement's error or its check's refusal (its savepoint rolled back, the others kept), or with
- * the COMMIT's error when that failed (then nothing of the group was written).
+ * Runs `units` in one transaction, each in a savepoint of its own (even a unit of one statement:
+ * `OR FAIL` and `RAISE(FAIL)` keep the rows a failed statement wrote before it failed), and
+ * settles every unit's promise: resolved with its row counts once the COMMIT succeeded, rejected
+ * with its own statement's error or its check's refusal (its savepoint rolled back, the others
+ * kept), or with the COMMIT's error when that failed (then nothing of the group was written).
+ * A COMMIT refused for a constraint (a deferred foreign key one unit broke) is not the other
+ * units' fault: the group is rolled back and each unit runs again alone, so only the one that
+ * broke it is rejected.
  *
  * A failure that ends the whole transaction (`OR ROLLBACK`, a full disk, an I/O error) rejects
  * the unit that met it and returns the others of the group, none of them written: the caller
@@ -66,9 +69,8 @@ export function runGroup(
   const kept: Array<{ readonly unit: PendingUnit; readonly rowCounts: number[] }> = []
   for (let index = 0; index < units.length; index++) {
     const unit = units[index]!
-    const guarded = unit.writes.length !== 1 || unit.check !== undefined
     try {
-      if (guarded) connection.exec(savepoint)
+      connection.exec(savepoint)
       const rowCounts = unit.writes.map((write) =>
         connection.run(write.sql, write.params ?? noParams),
       )
@@ -79,11 +81,11 @@ export function runGroup(
         unit.reject(refusal)
         continue
       }
-      if (guarded) connection.exec(release)
+      connection.exec(release)
       kept.push({ unit, rowCounts })
     } catch (error) {
       unit.reject(connection.described(error))
-      if (connection.inTransaction() && guarded) {
+      if (connection.inTransaction()) {
         try {
           connection.exec(rollbackTo)
           connection.exec(release)
@@ -91,8 +93,6 @@ export function runGroup(
         } catch {
           // Treated as the end of the whole transaction, below.
         }
-      } else if (connection.inTransaction()) {
-        continue
       }
       connection.rollbackQuietly()
       return [...kept.map((entry) => entry.unit), ...units.slice(index + 1)]
@@ -102,6 +102,10 @@ export function runGroup(
     connection.commit()
   } catch (error) {
     connection.rollbackQuietly()
+    if (kept.length > 1 && isConstraintFailure(error)) {
+      for (const entry of kept) runAlone(connection, entry.unit)
+      return []
+    }
     const described = connection.described(error)
     for (const entry of kept) entry.unit.reject(described)
     return []
@@ -110,9 +114,21 @@ export function runGroup(
   return []
 }
 
-// Statements that would end, begin or break the group's transaction or its savepoints.
+// A unit run again in a group of its own, until it is settled.
+function runAlone(connection: GroupConnection, unit: PendingUnit): void {
+  let left = [unit]
+  while (left.length > 0) left = runGroup(connection, left)
+}
+
+function isConstraintFailure(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && code.startsWith('SQLITE_CONSTRAINT')
+}
+
+// Statements that would end, begin or break the group's transaction or its savepoints, after
+// any leading comments and empty statements (SQLite skips a leading ';').
 const groupControlStatement =
-  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback|savepoint|release)\b/i
+  /^(?:\s+|;|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback|savepoint|release)\b/i
 
 /**
  * The error for a unit that cannot run in a group: no statements, or a statement that ends or

@@ -159,7 +159,8 @@ export class ScopedTransaction implements SqlTransaction {
 
 /**
  * A statement that ends the transaction (COMMIT, END, ROLLBACK without TO, ABORT, PREPARE
- * TRANSACTION) or begins one, after any leading comments. Sent through a tx, it would commit
+ * TRANSACTION) or begins one, after any leading comments and empty statements (`;`, which
+ * SQLite skips). Sent through a tx, it would commit
  * part of the callback's writes and run the rest on their own (PostgreSQL), or end the
  * transaction under the driver (SQLite), so it is refused before it is sent. Savepoint
  * statements (SAVEPOINT, RELEASE, ROLLBACK TO) stay inside the transaction and are taken.
@@ -167,7 +168,7 @@ export class ScopedTransaction implements SqlTransaction {
  * tens of nanoseconds per statement.
  */
 const transactionControlStatement =
-  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:transaction|work))?\s+to\b))\b/i
+  /^(?:\s+|;|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:transaction|work))?\s+to\b))\b/i
 
 function endsOrBegins(sql: string): boolean {
   return typeof sql === 'string' && transactionControlStatement.test(sql)
