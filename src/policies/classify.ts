@@ -70,11 +70,14 @@ const transientCodes = new Set([
 ])
 
 // pg's messages, fixed in its source, for a connection lost without an error from the server:
-// the socket closed under a statement, a connect that ran out of time, a statement past
-// query_timeout (its connection is destroyed). 'Connection terminated' alone is the client's
-// own end(), not a failure of the server.
+// the socket closed under a statement, a statement sent after the client already saw its
+// connection fail (which of the two a statement gets right after the server ended the session
+// depends on whether pg has read the socket's end yet), a connect that ran out of time, a
+// statement past query_timeout (its connection is destroyed). 'Connection terminated' alone
+// is the client's own end(), not a failure of the server.
 const pgConnectionLost = new Set<unknown>([
   'Connection terminated unexpectedly',
+  'Client has encountered a connection error and is not queryable',
   'Connection terminated due to connection timeout',
   'Query read timeout',
 ])
