@@ -22,8 +22,11 @@
 // PostgreSQL round_trips_per_request: the times the client waits for the server. The driver
 // sends BEGIN with the first statement of a transaction and, through tx.finish, the last
 // statement with COMMIT; a statement sent while another of its transaction is still unanswered
-// (a deferred write) shares that one's round trip. PostgreSQL 15 is started for the run (fsync
-// on) and stopped.
+// (a deferred write) shares that one's round trip. With group commit (the leased claim, and a
+// result whose handler only deferred its writes) several requests share statements: a group's
+// statement counts once in statements_per_request (the server's work, averaged over requests)
+// and its round trip once for each request of the group (each waits for it). PostgreSQL 15 is
+// started for the run (fsync on) and stopped.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
@@ -48,6 +51,16 @@ const requestBody = JSON.stringify({ amount: 4200, currency: 'EUR' })
 const insertCharge = 'INSERT INTO bench_charges (id, amount) VALUES ($1, $2)'
 
 /**
+ * How many requests a statement serves: the idempotency store's group statements on
+ * PostgreSQL (the claims or results of a group) take one array per column, one element per
+ * request; any other statement serves one.
+ */
+function requestsIn(params: readonly unknown[] | undefined): number {
+  const first = params?.[0]
+  return Array.isArray(first) ? Math.max(1, first.length) : 1
+}
+
+/**
  * Counts the statements sent to the database, and the round trips they take on PostgreSQL:
  * there BEGIN travels with the transaction's first statement (pipeline mode) and costs none,
  * COMMIT costs one unless it travelled with the last statement (`tx.finish`), and a statement
@@ -65,10 +78,10 @@ class CountingDriver implements SqlDriver {
     this.dialect = inner.dialect
     const atomically = inner.writeAtomically?.bind(inner)
     if (atomically !== undefined) {
-      // A unit's own statements, with its SAVEPOINT and RELEASE when it has more than one
-      // statement or a check; the group's BEGIN and COMMIT are shared by its units, not counted.
+      // A unit's own statements, with its SAVEPOINT and RELEASE; the group's BEGIN and COMMIT
+      // are shared by its units, not counted.
       this.writeAtomically = (writes, check) => {
-        this.statements += writes.length + (writes.length > 1 || check !== undefined ? 2 : 0)
+        this.statements += writes.length + 2
         this.roundTrips++
         return atomically(writes, check)
       }
@@ -79,7 +92,7 @@ class CountingDriver implements SqlDriver {
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     this.statements++
-    this.roundTrips++
+    this.roundTrips += requestsIn(params)
     return this.#inner.query<R>(sql, params)
   }
 
@@ -101,11 +114,13 @@ class CountingDriver implements SqlDriver {
 
   #counted(tx: SqlTransaction, state: { finished: boolean; unanswered: number }): SqlTransaction {
     // One statement: a round trip of its own unless it goes out behind an unanswered one.
-    const sent = <T>(send: () => Promise<T>): Promise<T> => {
+    const sent = <T>(send: () => Promise<T>, members = 1): Promise<T> => {
       this.statements++
       if (state.unanswered === 0) this.roundTrips++
       state.unanswered++
       const answer = send()
+      // A statement for a group of requests: each of them waits for this round trip.
+      if (members > 1) this.roundTrips += members - 1
       // Registered before the caller's own await, so it runs first when the answer comes.
       const answered = () => {
         state.unanswered--
@@ -115,8 +130,8 @@ class CountingDriver implements SqlDriver {
     }
     const counted: SqlTransaction = {
       dialect: tx.dialect,
-      query: (sql, params) => sent(() => tx.query(sql, params)),
-      execute: (sql, params) => sent(() => tx.execute(sql, params)),
+      query: (sql, params) => sent(() => tx.query(sql, params), requestsIn(params)),
+      execute: (sql, params) => sent(() => tx.execute(sql, params), requestsIn(params)),
       transaction: (fn) => {
         this.statements += 2 // SAVEPOINT and RELEASE
         this.roundTrips += 2
@@ -130,7 +145,7 @@ class CountingDriver implements SqlDriver {
       counted.finish = (sql, params) => {
         // COMMIT was counted with the transaction; it travels with this statement.
         state.finished = true
-        return sent(() => finish(sql, params))
+        return sent(() => finish(sql, params), requestsIn(params))
       }
     }
     return counted

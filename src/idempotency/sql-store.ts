@@ -16,6 +16,13 @@ import {
 } from '../stores/index.js'
 import { IdempotencyInProgressError } from './errors.js'
 import {
+  maxGroupSize,
+  type ResultUnit,
+  runClaimGroup,
+  runResultGroup,
+  TurnGroups,
+} from './pg-groups.js'
+import {
   type IdempotencyStatements,
   idempotencyMigrations,
   idempotencyStatements,
@@ -207,17 +214,21 @@ class ClaimSteps implements IdempotencyClaimSteps {
   readonly #claimSql: string
   /** The driver's group commit, for a claim outside any transaction (SQLite). */
   readonly #atomically: SqlDriver['writeAtomically']
+  /** A group of claims in one statement, for a claim outside any transaction (PostgreSQL). */
+  readonly #grouped: ((input: ClaimInput) => Promise<ClaimRow | undefined>) | undefined
 
   constructor(
     executor: SqlExecutor,
     sql: IdempotencyStatements,
     claimSql: string,
     atomically?: SqlDriver['writeAtomically'],
+    grouped?: (input: ClaimInput) => Promise<ClaimRow | undefined>,
   ) {
     this.#executor = executor
     this.#sql = sql
     this.#claimSql = claimSql
     this.#atomically = atomically
+    this.#grouped = grouped
   }
 
   async get(scope: string, key: string): Promise<IdempotencyRecord | undefined> {
@@ -226,15 +237,7 @@ class ClaimSteps implements IdempotencyClaimSteps {
   }
 
   async claim(input: ClaimInput): Promise<ClaimOutcome> {
-    const params = [
-      input.scope,
-      input.key,
-      input.fingerprint,
-      input.leaseToken,
-      ms(input.leaseExpiresAtMs),
-      ms(input.nowMs),
-      ms(input.expiresAtMs),
-    ]
+    const params = claimParams(input)
     const counted = this.#sql.claimCounted
     if (counted !== undefined) {
       const rowCount =
@@ -244,8 +247,10 @@ class ClaimSteps implements IdempotencyClaimSteps {
       if (rowCount === 1) return claimed
       return { claimed: false, existing: await this.get(input.scope, input.key) }
     }
-    const rows = await this.#executor.query<ClaimRow>(this.#claimSql, params)
-    const row = rows[0]
+    const row =
+      this.#grouped === undefined
+        ? (await this.#executor.query<ClaimRow>(this.#claimSql, params))[0]
+        : await this.#grouped(input)
     if (row !== undefined && row.claimed_token !== null) return claimed
     // The existing record comes in the same row when the statement's snapshot shows it.
     if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
@@ -280,6 +285,19 @@ class ClaimSteps implements IdempotencyClaimSteps {
 }
 
 const claimed: ClaimOutcome = { claimed: true }
+
+/** The parameters of the claim statements (`claim`, `claimCounted`, `claimInTransaction`). */
+function claimParams(input: ClaimInput): unknown[] {
+  return [
+    input.scope,
+    input.key,
+    input.fingerprint,
+    input.leaseToken,
+    ms(input.leaseExpiresAtMs),
+    ms(input.nowMs),
+    ms(input.expiresAtMs),
+  ]
+}
 
 /** The parameters of the fenced result write (`complete`, `completeOrRaise`). */
 function completeParams(
@@ -333,9 +351,35 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     throw new InvalidOptionError('db', 'a SqlDriver (sqlite or postgres)', db)
   }
   const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
-  // Bound once: the claim and the result share COMMITs with other requests' (group commit).
+  // Bound once: the claim and the result share COMMITs with other requests' (group commit):
+  // through the driver's writeAtomically on SQLite, as merged statements on PostgreSQL.
   const atomically = db.writeAtomically?.bind(db)
-  const autocommit = new ClaimSteps(db, sql, sql.claim, atomically)
+  const claimAll = sql.claimAll
+  const claimGroups =
+    atomically !== undefined || claimAll === undefined
+      ? undefined
+      : new TurnGroups<ClaimInput, ClaimRow | undefined>(
+          (members) =>
+            runClaimGroup(db, claimAll, members, async (input) => {
+              const rows = await db.query<ClaimRow>(sql.claim, claimParams(input))
+              return rows[0]
+            }),
+          maxGroupSize,
+        )
+  const resultGroups =
+    atomically !== undefined || sql.completeAll === undefined
+      ? undefined
+      : new TurnGroups<ResultUnit, boolean>(
+          (members) => runResultGroup(db, sql, members),
+          maxGroupSize,
+        )
+  const autocommit = new ClaimSteps(
+    db,
+    sql,
+    sql.claim,
+    atomically,
+    claimGroups === undefined ? undefined : (input) => claimGroups.add(input),
+  )
   // The transactions a complete() rolled back on finding the lease lost (PostgreSQL), with
   // that lease: the driver rejects them with the raw BW001 error, reported by `transaction`
   // as the lease-lost error instead.
@@ -372,6 +416,17 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       }
     },
 
+    ...(resultGroups === undefined
+      ? {}
+      : {
+          completeAtomically: (
+            writes: readonly SqlWrite[],
+            lease: LeaseRef,
+            result: StoredResult,
+            nowMs: number,
+            expiresAtMs: number,
+          ): Promise<boolean> => resultGroups.add({ writes, lease, result, nowMs, expiresAtMs }),
+        }),
     ...(atomically === undefined
       ? {}
       : {

@@ -91,6 +91,47 @@ END;
 $fn$`,
     ],
   },
+  {
+    // PostgreSQL: the results of a group of requests in one statement (group commit, see
+    // pg-groups.ts), fenced each by its own lease. It raises when any lease is lost, naming the
+    // lost ones (1-based positions) in DETAIL, so that it can travel with COMMIT as
+    // breakwater_idempotency_complete does; the caller runs the others again without them.
+    version: 3,
+    name: 'complete-all-or-raise',
+    sqlite: [],
+    postgres: [
+      `CREATE FUNCTION breakwater_idempotency_complete_all(
+  p_scopes TEXT[], p_keys TEXT[], p_tokens TEXT[], p_statuses INTEGER[], p_headers TEXT[],
+  p_bodies BYTEA[], p_now BIGINT, p_expires BIGINT[]
+) RETURNS VOID
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  lost BIGINT[];
+BEGIN
+  WITH input AS (
+    SELECT * FROM unnest(p_scopes, p_keys, p_tokens, p_statuses, p_headers, p_bodies, p_expires)
+      WITH ORDINALITY AS i(scope, idem_key, token, status, headers, body, expires, n)
+  ), done AS (
+    UPDATE ${idempotencyTable} AS r
+    SET state = 'completed', lease_expires_at = NULL, response_status = i.status,
+      response_headers = i.headers, response_body = i.body, updated_at = p_now,
+      expires_at = i.expires
+    FROM input AS i
+    WHERE r.scope = i.scope AND r.idem_key = i.idem_key AND r.lease_token = i.token
+      AND r.state = 'in_progress'
+    RETURNING i.n
+  )
+  SELECT array_agg(input.n ORDER BY input.n) INTO lost
+  FROM input WHERE input.n NOT IN (SELECT done.n FROM done);
+  IF lost IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '${leaseLostSqlState}',
+      MESSAGE = 'breakwater: idempotency leases were lost before their results were recorded',
+      DETAIL = array_to_string(lost, ',');
+  END IF;
+END;
+$fn$`,
+    ],
+  },
 ]
 
 /** The statements the SQL store runs, for one dialect. */
@@ -131,6 +172,18 @@ export interface IdempotencyStatements {
    * Undefined on SQLite, where there is no round trip to save.
    */
   readonly completeOrRaise?: string
+  /**
+   * PostgreSQL: the claims of a group (see pg-groups.ts) as one statement. Arrays $1 scopes,
+   * $2 keys, $3 fingerprints, $4 lease tokens, $5 lease ends, $7 expiries, and $6 now. One row
+   * per claim, `n` its 1-based position, with `claim`'s columns.
+   */
+  readonly claimAll?: string
+  /**
+   * PostgreSQL: the results of a group as one statement that raises {@link leaseLostSqlState}
+   * (DETAIL: the lost positions) when any lease is lost. Arrays $1 scopes, $2 keys, $3 tokens,
+   * $4 statuses, $5 headers JSON, $6 bodies, $8 expiries, and $7 now.
+   */
+  readonly completeAll?: string
   /** $1 scope, $2 key, $3 token, $4 recovery point, $5 phases JSON, $6 lease end, $7 now. */
   readonly savePhase: string
   /** $1 scope, $2 key, $3 token. */
@@ -189,6 +242,27 @@ const claimOrReadAsync = claimOrRead.replace(
   "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS one",
 )
 
+// PostgreSQL, claim: 'leased', a group of claims (pg-groups.ts): claimOrReadAsync for many keys.
+// Inserted in key order, so two groups that claim some of the same keys wait for each other in
+// the same order and never deadlock; of two claims of one key in a group the earlier wins.
+const claimAll = `WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $7::bigint[])
+    WITH ORDINALITY AS i(scope, idem_key, fingerprint, token, lease_end, expires, n)
+), claimed AS (
+  INSERT INTO ${idempotencyTable} ${claimColumns}
+  SELECT scope, idem_key, fingerprint, 'in_progress', token, lease_end, 1, $6::bigint, $6::bigint, expires
+  FROM input ORDER BY scope, idem_key, n
+  ON CONFLICT (scope, idem_key) DO NOTHING
+  RETURNING scope, idem_key, lease_token
+)
+SELECT input.n, claimed.lease_token AS claimed_token, ${existingColumns}
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS one
+CROSS JOIN input
+LEFT JOIN claimed ON claimed.scope = input.scope AND claimed.idem_key = input.idem_key
+  AND claimed.lease_token = input.token
+LEFT JOIN ${idempotencyTable} AS existing
+  ON existing.scope = input.scope AND existing.idem_key = input.idem_key`
+
 const select = `SELECT ${columns} FROM ${idempotencyTable} WHERE scope = $1 AND idem_key = $2`
 
 // Compare-and-set on the token the caller read: of several retries that find the same expired
@@ -245,6 +319,9 @@ export const idempotencyStatements: Readonly<Record<SqlDialect, IdempotencyState
     claimInTransaction: claimOrRead,
     completeOrRaise:
       'SELECT breakwater_idempotency_complete($1, $2, $3, $4::integer, $5, $6, $7::bigint, $8::bigint)',
+    claimAll,
+    completeAll:
+      'SELECT breakwater_idempotency_complete_all($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bytea[], $7::bigint, $8::bigint[])',
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE (scope, idem_key) IN (
   SELECT scope, idem_key FROM ${idempotencyTable}

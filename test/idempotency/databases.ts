@@ -80,8 +80,14 @@ export const insertCharge = 'INSERT INTO charges (id, tenant, amount) VALUES ($1
 export function statementLabel(dialect: SqlDriver['dialect'], sql: string): string {
   const statements = idempotencyStatements[dialect]
   if (sql === statements.claimInTransaction) return 'claim'
-  if (sql === statements.claim) return 'claim (autocommit)'
-  if (sql === statements.complete || sql === statements.completeOrRaise) return 'record'
+  if (sql === statements.claim || sql === statements.claimAll) return 'claim (autocommit)'
+  if (
+    sql === statements.complete ||
+    sql === statements.completeOrRaise ||
+    sql === statements.completeAll
+  ) {
+    return 'record'
+  }
   if (sql === statements.select) return 'select'
   if (sql === insertCharge) return 'business write'
   return sql

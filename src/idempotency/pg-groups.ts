@@ -1,0 +1,242 @@
+// Group commit for the idempotency protocol on PostgreSQL: the claims of the requests that
+// arrive in one turn of the event loop go to the server as one statement, and the results of
+// the requests that finish in one turn (with the writes their handlers deferred) as one
+// transaction with one statement for all the results.
+//
+// Why: on a new key the server's work was five statements (the claim, BEGIN, the business
+// write, the result, COMMIT) against one for the bare handler, each parsed, planned and run by
+// a backend on the same cores as Node, and Node's own work per statement. Merging the claims
+// and the results of a group into one statement each leaves the business writes as the only
+// statements per request. Measured 2026-12-05 with the driver alone (32 loops, no HTTP): new
+// keys one by one 2,300 to 3,000 per second, in groups 10,000 to 11,500, the bare INSERT 6,200
+// to 7,300.
+import type { SqlDriver, SqlWrite } from '../stores/index.js'
+import { type IdempotencyStatements, leaseLostSqlState } from './sql.js'
+import type { ClaimInput, LeaseRef, StoredResult } from './store.js'
+
+/** A call waiting for its group, with the promise it settles. */
+export interface GroupMember<I, O> {
+  readonly input: I
+  readonly resolve: (output: O) => void
+  readonly reject: (error: unknown) => void
+}
+
+/**
+ * Collects calls made in one turn of the event loop and runs them as groups of at most
+ * `maxSize` on `setImmediate`. Each group runs as soon as it is formed: groups of later turns
+ * do not wait for it (a pool has connections for several).
+ */
+export class TurnGroups<I, O> {
+  readonly #run: (members: readonly GroupMember<I, O>[]) => Promise<void>
+  readonly #maxSize: number
+  #queue: GroupMember<I, O>[] = []
+  #due = false
+
+  constructor(run: (members: readonly GroupMember<I, O>[]) => Promise<void>, maxSize: number) {
+    this.#run = run
+    this.#maxSize = maxSize
+  }
+
+  /** Resolves with what the group's run gives this call. */
+  add(input: I): Promise<O> {
+    return new Promise<O>((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject })
+      if (!this.#due) {
+        this.#due = true
+        setImmediate(this.#flush)
+      }
+    })
+  }
+
+  readonly #flush = (): void => {
+    this.#due = false
+    const queue = this.#queue
+    this.#queue = []
+    for (let start = 0; start < queue.length; start += this.#maxSize) {
+      const members = queue.slice(start, start + this.#maxSize)
+      // A run settles every member; one that throws anyway leaves none waiting.
+      this.#run(members).catch((error: unknown) => {
+        for (const member of members) member.reject(error)
+      })
+    }
+  }
+}
+
+/** The most calls one statement carries: bounds its size and the arrays' parameters. */
+export const maxGroupSize = 256
+
+/**
+ * Claims a group's keys with one statement (`claimAll`). A member's row says whether it
+ * claimed and, when its snapshot showed it, the record that holds the key; the caller reads a
+ * record the row lacks. A statement the server refused for its data (class 22: a value no
+ * column takes) is not every member's fault: each member then claims alone, so only the one
+ * with the bad value fails. Any other failure (the connection, the server) fails the group.
+ */
+export async function runClaimGroup<R>(
+  db: SqlDriver,
+  claimAll: string,
+  members: readonly GroupMember<ClaimInput, R | undefined>[],
+  alone: (input: ClaimInput) => Promise<R | undefined>,
+): Promise<void> {
+  if (members.length === 1) {
+    const [member] = members
+    return alone(member!.input).then(member!.resolve, member!.reject)
+  }
+  let rows: Array<R & { n: number | string }>
+  try {
+    rows = await db.query<R & { n: number | string }>(
+      claimAll,
+      claimParams(members.map((m) => m.input)),
+    )
+  } catch (error) {
+    if (!isDataException(error)) {
+      for (const member of members) member.reject(error)
+      return
+    }
+    await Promise.all(members.map((m) => alone(m.input).then(m.resolve, m.reject)))
+    return
+  }
+  const byPosition = new Map(rows.map((row) => [Number(row.n), row]))
+  members.forEach((member, index) => {
+    member.resolve(byPosition.get(index + 1))
+  })
+}
+
+function claimParams(inputs: readonly ClaimInput[]): unknown[] {
+  const column = <T>(pick: (input: ClaimInput) => T): T[] => inputs.map(pick)
+  return [
+    column((i) => i.scope),
+    column((i) => i.key),
+    column((i) => i.fingerprint),
+    column((i) => i.leaseToken),
+    column((i) => Math.floor(i.leaseExpiresAtMs)),
+    Math.floor(Math.max(...inputs.map((i) => i.nowMs))),
+    column((i) => Math.floor(i.expiresAtMs)),
+  ]
+}
+
+/** A request's result, with the writes its handler deferred, waiting for its group. */
+export interface ResultUnit {
+  readonly writes: readonly SqlWrite[]
+  readonly lease: LeaseRef
+  readonly result: StoredResult
+  readonly nowMs: number
+  readonly expiresAtMs: number
+}
+
+/**
+ * Records a group's results in one transaction: every member's deferred writes, in order, then
+ * one `completeAll` statement with `COMMIT` (the two travel together: one round trip for the
+ * whole group). A member resolves true once committed, false when its lease was lost (nothing
+ * of it written). When something fails, the transaction is rolled back whole and the members
+ * not to blame run again as a new group: the member whose write failed first gets that write's
+ * error; members whose lease was lost (named by the statement's error) resolve false. A
+ * deadlock or serialization failure blames nobody: every member runs again alone. A failure
+ * that names no member (the connection, the COMMIT) fails the group.
+ *
+ * A group's writes hold their row locks until the group commits, so two groups that write the
+ * same rows in opposite orders can deadlock where single requests would have queued; the
+ * server then aborts one group and its members run again one by one.
+ */
+export async function runResultGroup(
+  db: SqlDriver,
+  sql: Pick<IdempotencyStatements, 'completeAll'>,
+  members: readonly GroupMember<ResultUnit, boolean>[],
+): Promise<void> {
+  let left = members
+  while (left.length > 0) {
+    const outcome = await recordOnce(db, sql.completeAll!, left)
+    if (outcome === 'each alone') {
+      // A deadlock or serialization failure is the group's, not one member's: alone, each
+      // member meets only the conflicts it would have met without group commit.
+      for (const member of left) await runResultGroup(db, sql, [member])
+      return
+    }
+    left = outcome
+  }
+}
+
+async function recordOnce(
+  db: SqlDriver,
+  completeAll: string,
+  members: readonly GroupMember<ResultUnit, boolean>[],
+): Promise<readonly GroupMember<ResultUnit, boolean>[] | 'each alone'> {
+  const sent: Promise<unknown>[] = []
+  let firstFailed: { readonly member: number; readonly error: unknown } | undefined
+  try {
+    await db.transaction(async (tx) => {
+      members.forEach((member, index) => {
+        for (const write of member.input.writes) {
+          const answer = tx.execute(write.sql, write.params)
+          sent.push(answer)
+          // The first write sent that failed is the cause: those after it fail only because it
+          // aborted the transaction.
+          answer.catch((error: unknown) => {
+            if (firstFailed === undefined || index < firstFailed.member) {
+              firstFailed = { member: index, error }
+            }
+          })
+        }
+      })
+      const params = resultParams(members)
+      if (tx.finish !== undefined) await tx.finish(completeAll, params)
+      else await tx.execute(completeAll, params)
+    })
+  } catch (error) {
+    await Promise.allSettled(sent)
+    if (firstFailed !== undefined) {
+      if (members.length > 1 && isConcurrencyFailure(firstFailed.error)) return 'each alone'
+      const blamed = firstFailed.member
+      members[blamed]!.reject(firstFailed.error)
+      return members.filter((_, index) => index !== blamed)
+    }
+    const lost = lostPositions(error)
+    if (lost !== undefined) {
+      for (const position of lost) members[position - 1]?.resolve(false)
+      return members.filter((_, index) => !lost.has(index + 1))
+    }
+    for (const member of members) member.reject(error)
+    return []
+  }
+  for (const member of members) member.resolve(true)
+  return []
+}
+
+function resultParams(members: readonly GroupMember<ResultUnit, boolean>[]): unknown[] {
+  const column = <T>(pick: (unit: ResultUnit) => T): T[] => members.map((m) => pick(m.input))
+  return [
+    column((u) => u.lease.scope),
+    column((u) => u.lease.key),
+    column((u) => u.lease.leaseToken),
+    column((u) => u.result.status ?? null),
+    column((u) => JSON.stringify(u.result.headers)),
+    // pg writes a byte array of an array parameter as bytea's hex text.
+    column((u) => u.result.body),
+    Math.floor(Math.max(...members.map((m) => m.input.nowMs))),
+    column((u) => Math.floor(u.expiresAtMs)),
+  ]
+}
+
+// The 1-based positions of the members whose lease was lost, from completeAll's error;
+// undefined for any other error.
+function lostPositions(error: unknown): Set<number> | undefined {
+  const failure = error as { code?: unknown; detail?: unknown } | null
+  if (failure?.code !== leaseLostSqlState || typeof failure.detail !== 'string') return undefined
+  const positions = failure.detail.split(',').map(Number)
+  if (positions.length === 0 || !positions.every((p) => Number.isInteger(p) && p > 0)) {
+    return undefined
+  }
+  return new Set(positions)
+}
+
+// 40001 serialization failure, 40P01 deadlock detected: what concurrent transactions did.
+function isConcurrencyFailure(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return code === '40001' || code === '40P01'
+}
+
+// SQLSTATE class 22, data exception: the statement was refused for a value it carried.
+function isDataException(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && code.startsWith('22')
+}
