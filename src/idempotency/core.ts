@@ -41,6 +41,7 @@ import {
   isIdempotencyError,
   problemResponse,
 } from './problem.js'
+import { type ReplayCache, type ReplayCacheOptions, replayCacheOf } from './replay-cache.js'
 import {
   credentialScope,
   isStorableScope,
@@ -244,6 +245,16 @@ export interface IdempotencyOptions {
    */
   readonly problemTypeBase?: string | undefined
   /**
+   * Keeps completed results in this process's memory, so that a replay answers without
+   * reading the store (the fingerprint is still checked: a different request with the key is
+   * still 422). A result is kept once a replay has read it from the store, for `maxAgeMs` at
+   * most and never past its retention. Safe with several processes on one store: a completed
+   * record does not change while its retention runs (see docs/idempotency.md, "Replays from
+   * memory"). `false` reads the store for every replay. `true` or `{}` takes the defaults.
+   * @default { maxEntries: 1000, maxAgeMs: 60000, maxBodyBytes: 16384 }
+   */
+  readonly replayCache?: boolean | ReplayCacheOptions | undefined
+  /**
    * The clock for leases, retention and waits.
    * @default systemClock
    */
@@ -440,6 +451,7 @@ export const idempotencyOptions = optionKeys<IdempotencyOptions>({
   storeResponse: true,
   replayHeaders: true,
   problemTypeBase: true,
+  replayCache: true,
   clock: true,
 })
 
@@ -694,6 +706,8 @@ class IdempotencyCore implements Idempotency {
   // that neither the sweeper nor a duplicate (recycling a record past its retention) frees a
   // key whose holder is still running. Completion sets the real retention.
   readonly #claimRetentionMs: number
+  /** Completed results replayed from memory; undefined with `replayCache: false`. */
+  readonly #replays: ReplayCache | undefined
 
   constructor(options: IdempotencyOptions) {
     checkObject('options', options)
@@ -755,6 +769,7 @@ class IdempotencyCore implements Idempotency {
       options.problemTypeBase === undefined
         ? defaultProblemTypeBase
         : checkProblemTypeBase(options.problemTypeBase)
+    this.#replays = replayCacheOf(options.replayCache)
   }
 
   appliesTo(method: string): boolean {
@@ -941,6 +956,11 @@ class IdempotencyCore implements Idempotency {
     const { store, clock, leaseMs } = this.#settings
     const claimRetentionMs = this.#claimRetentionMs
     const startedAt = clock.now()
+    const kept = this.#replays?.get(scope, key, startedAt)
+    if (kept !== undefined) {
+      const settled = this.#settledAlready(kept, scope, key, fingerprint, earlier, startedAt, true)
+      if (settled !== undefined) return settled
+    }
     if (store.dialect === 'sqlite') {
       const record = await store.get(scope, key)
       const settled = this.#settledAlready(record, scope, key, fingerprint, earlier, startedAt)
@@ -1033,6 +1053,7 @@ class IdempotencyCore implements Idempotency {
     fingerprint: string,
     earlier: IdempotencyRequest | undefined,
     nowMs: number,
+    fromMemory = false,
   ): Acquired | undefined {
     if (record === undefined || record.expiresAtMs <= nowMs) return undefined
     if (!sameFingerprint(record.fingerprint, fingerprint, earlier)) {
@@ -1040,6 +1061,8 @@ class IdempotencyCore implements Idempotency {
       return { kind: 'mismatch' }
     }
     if (record.state !== 'completed') return undefined
+    // Kept from when it was read from the store: replays from memory do not extend that.
+    if (!fromMemory) this.#replays?.keep(record, nowMs)
     publish('replayed', { scope, key })
     return { kind: 'completed', record }
   }
@@ -1061,7 +1084,10 @@ class IdempotencyCore implements Idempotency {
       return recycled ? { kind: 'execute', attempt: 1, from: undefined } : { kind: 'retry' }
     }
     if (!sameFingerprint(record.fingerprint, fingerprint, earlier)) return { kind: 'mismatch' }
-    if (record.state === 'completed') return { kind: 'completed', record }
+    if (record.state === 'completed') {
+      this.#replays?.keep(record, nowMs)
+      return { kind: 'completed', record }
+    }
     if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
       // The holder crashed or hung past its lease: take over, resuming after its phases.
       const taken = await steps.takeOver({ ...claim, previousLeaseToken: record.leaseToken })

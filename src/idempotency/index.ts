@@ -80,6 +80,7 @@ export type {
   RedisIdempotencyStoreOptions,
 } from './redis-store.js'
 export { createRedisIdempotencyStore } from './redis-store.js'
+export type { ReplayCacheOptions } from './replay-cache.js'
 export type { ScopeFunction, ScopeOption } from './scope.js'
 export { credentialHeaders, credentialScope, maxScopeBytes } from './scope.js'
 export type { IdempotencyStatements } from './sql.js'
