@@ -105,7 +105,9 @@ export class DeferredTransaction implements SqlTransaction {
     const refused = this.refusal()
     if (refused !== undefined) throw refused
     if (!this.#began && this.#store.completeAtomically !== undefined && isGroupableWrite(sql)) {
-      this.#kept.push(params === undefined ? { sql } : { sql, params })
+      // A copy: a handler that changes its array after deferring must not change the write,
+      // as it would not have once the write was sent.
+      this.#kept.push(params === undefined ? { sql } : { sql, params: [...params] })
       return
     }
     const tx = this.#savepoints.at(-1) ?? this.#current()

@@ -116,6 +116,23 @@ describe.each(dbTargets)('ctx.deferWrite on $dialect', (target) => {
       expect(await charges(tenant)).toBe(1)
     })
 
+    it('writes the values given when the write was deferred, not later changes to its array', async () => {
+      const tenant = randomUUID()
+      await core().run(tenant, (ctx) => {
+        const params: unknown[] = [randomUUID(), tenant, 1]
+        ctx.deferWrite(insertCharge, params)
+        params[0] = randomUUID()
+        params[2] = 2
+        ctx.deferWrite(insertCharge, params)
+        return 'charged'
+      })
+      const rows = await testDb.db.query<{ amount: number | string }>(
+        'SELECT amount FROM charges WHERE tenant = $1 ORDER BY amount',
+        [tenant],
+      )
+      expect(rows.map((row) => Number(row.amount))).toEqual([1, 2])
+    })
+
     it('keeps the order of deferred and awaited statements', async () => {
       const tenant = randomUUID()
       const seen = await core().run(tenant, async (ctx) => {
