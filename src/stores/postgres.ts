@@ -813,15 +813,41 @@ export class PostgresDriver implements SqlDriver {
     // does so for as long as the connection lives: such a connection is destroyed, not returned
     // to the pool, so that the next transaction prepares the statement afresh.
     let outdated: Error | undefined
+    // A statement pg refused before sending it (a parameter it cannot serialize: a BigInt in an
+    // object) leaves the server's transaction untouched, so a COMMIT would keep the writes
+    // around it; and pg drops the named statement on the server while still counting it as
+    // prepared on this connection, so the connection is destroyed, not returned to the pool.
+    let refused: Error | undefined
+    // Statements sent and not yet answered: a refusal shows only a tick after the statement.
+    const unanswered = new Set<Promise<unknown>>()
     const client = {
-      query: (config: PgQueryConfig | string): Promise<PgResult> =>
-        pooled.query(config).catch((error: unknown) => {
+      query: (config: PgQueryConfig | string): Promise<PgResult> => {
+        const answer = pooled.query(config).catch((error: unknown) => {
           if (isOutdatedPlan(error)) outdated = asError(error)
+          if (refused === undefined && refusedBeforeSending(error)) refused = asError(error)
           throw withLostConnection(error, this.#lost.get(pooled))
-        }),
-      release(error?: Error): void {
-        pooled.release(error ?? outdated)
+        })
+        unanswered.add(answer)
+        const answered = () => unanswered.delete(answer)
+        answer.then(answered, answered)
+        return answer
       },
+      release(error?: Error): void {
+        pooled.release(error ?? outdated ?? refused)
+      },
+    }
+    // Before COMMIT: a statement still unanswered may yet turn out refused by pg. In pipeline
+    // mode pg reports a refusal on the next tick after sending; without it (pg before 8.23)
+    // statements go one at a time, so their answers are awaited.
+    const refusalBeforeCommit = async (): Promise<Error | undefined> => {
+      if (unanswered.size > 0) {
+        if ((pooled as { pipeline?: unknown }).pipeline === true) {
+          await new Promise<void>((resolve) => setImmediate(resolve))
+        } else {
+          await Promise.allSettled([...unanswered])
+        }
+      }
+      return refused
     }
     // The pool's connections run in pg's pipeline mode, so BEGIN is not awaited: it goes out at
     // once and the transaction's first statement follows it without waiting for its answer,
@@ -838,7 +864,11 @@ export class PostgresDriver implements SqlDriver {
     )
     let finished: Promise<FinishOutcome> | undefined
     const tx = new ScopedTransaction(executorOf(client), 0, (sql, params) => {
-      const outcome = finishWith(client, sql, params)
+      const outcome = refusalBeforeCommit().then((refusal) =>
+        refusal === undefined
+          ? finishWith(client, sql, params)
+          : { result: noRows, error: refusal, broken: refusal },
+      )
       finished = outcome
       return outcome.then((o) => (o.error === undefined ? o.result : Promise.reject(o.error)))
     })
@@ -874,6 +904,13 @@ export class PostgresDriver implements SqlDriver {
         client.release(asError(rollbackError))
       }
       throw settled.error
+    }
+    const refusal = await refusalBeforeCommit()
+    if (refusal !== undefined) {
+      // Nothing is committed; the connection is destroyed (see `refused`), which ends the
+      // server's transaction with it.
+      client.release(refusal)
+      throw refusal
     }
     let committed: PgResult
     try {
@@ -992,6 +1029,25 @@ function withLostConnection(error: unknown, lost: Error | undefined): unknown {
         : ` (${code})`
   return new Error(`${pgNotQueryable}: ${lost.message}${named}`, { cause: lost })
 }
+
+/**
+ * Whether pg refused a statement itself, before sending it: an error with neither a SQLSTATE
+ * (the server's errors have one) nor one of pg's messages for a lost connection.
+ */
+function refusedBeforeSending(error: unknown): boolean {
+  if (!(error instanceof Error)) return false
+  const { code } = error as { code?: unknown }
+  if (typeof code === 'string') return false
+  return !pgConnectionMessages.some((message) => error.message.startsWith(message))
+}
+
+// pg's messages for a connection that failed (lib/client.js, lib/connection.js).
+const pgConnectionMessages = [
+  'Connection terminated',
+  pgNotQueryable,
+  'Query read timeout',
+  'Client was closed and is not queryable',
+]
 
 function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value))
