@@ -129,10 +129,13 @@ export interface ResultUnit {
  * one `completeAll` statement with `COMMIT` (the two travel together: one round trip for the
  * whole group). A member resolves true once committed, false when its lease was lost (nothing
  * of it written). When something fails, the transaction is rolled back whole and the members
- * not to blame run again as a new group: the member whose write failed first gets that write's
- * error; members whose lease was lost (named by the statement's error) resolve false. A
- * deadlock or serialization failure blames nobody: every member runs again alone. A failure
- * that names no member (the connection, the COMMIT) fails the group.
+ * not to blame run again: members whose lease was lost (named by the statement's error)
+ * resolve false; when a write failed, the members before it run again first (one of their
+ * writes may have caused it, and might not commit), then the member whose write failed, first
+ * of the rest, so that it is blamed only for a failure it meets first. A deadlock or
+ * serialization failure of a write, and a COMMIT the server refused (a deferred constraint),
+ * blame nobody: every member runs again alone. A failure without an answer from the server
+ * (the connection lost during COMMIT) is in doubt and fails the whole group.
  *
  * A group's writes hold their row locks until the group commits, so two groups that write the
  * same rows in opposite orders can deadlock where single requests would have queued; the
@@ -147,20 +150,37 @@ export async function runResultGroup(
   while (left.length > 0) {
     const outcome = await recordOnce(db, sql.completeAll!, left)
     if (outcome === 'each alone') {
-      // A deadlock or serialization failure is the group's, not one member's: alone, each
-      // member meets only the conflicts it would have met without group commit.
+      // A failure no member can be blamed for: alone, each member meets only what it would
+      // have met without group commit.
       for (const member of left) await runResultGroup(db, sql, [member])
       return
+    }
+    if ('before' in outcome) {
+      // The members before a failed write may have caused it (a key one of them wrote, whose
+      // lease may turn out lost, so that write would never commit): they run first, on their
+      // own; the member whose write failed then runs first of the rest, where a failure is its
+      // own.
+      await runResultGroup(db, sql, outcome.before)
+      left = outcome.from
+      continue
     }
     left = outcome
   }
 }
 
+type RecordOutcome =
+  | readonly GroupMember<ResultUnit, boolean>[]
+  | 'each alone'
+  | {
+      readonly before: readonly GroupMember<ResultUnit, boolean>[]
+      readonly from: readonly GroupMember<ResultUnit, boolean>[]
+    }
+
 async function recordOnce(
   db: SqlDriver,
   completeAll: string,
   members: readonly GroupMember<ResultUnit, boolean>[],
-): Promise<readonly GroupMember<ResultUnit, boolean>[] | 'each alone'> {
+): Promise<RecordOutcome> {
   const sent: Promise<unknown>[] = []
   let firstFailed: { readonly member: number; readonly error: unknown } | undefined
   try {
@@ -187,14 +207,18 @@ async function recordOnce(
     if (firstFailed !== undefined) {
       if (members.length > 1 && isConcurrencyFailure(firstFailed.error)) return 'each alone'
       const blamed = firstFailed.member
-      members[blamed]!.reject(firstFailed.error)
-      return members.filter((_, index) => index !== blamed)
+      if (blamed > 0) return { before: members.slice(0, blamed), from: members.slice(blamed) }
+      members[0]!.reject(firstFailed.error)
+      return members.slice(1)
     }
     const lost = lostPositions(error)
     if (lost !== undefined) {
       for (const position of lost) members[position - 1]?.resolve(false)
       return members.filter((_, index) => !lost.has(index + 1))
     }
+    // The server refused the COMMIT itself (a deferred constraint, a serialization failure):
+    // nothing was written, and which member caused it is not known.
+    if (members.length > 1 && hasSqlState(error)) return 'each alone'
     for (const member of members) member.reject(error)
     return []
   }
@@ -227,6 +251,13 @@ function lostPositions(error: unknown): Set<number> | undefined {
     return undefined
   }
   return new Set(positions)
+}
+
+// An answer of the server (its errors carry a five-character SQLSTATE): the transaction was
+// not committed. A failure without one (the connection lost during COMMIT) is in doubt.
+function hasSqlState(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)
 }
 
 // 40001 serialization failure, 40P01 deadlock detected: what concurrent transactions did.
