@@ -4,49 +4,24 @@
 // it belongs to. Found by review of the group commit (each test failed before its fix).
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  createIdempotency,
-  createSqlIdempotencyStore,
-  type IdempotencyStore,
-} from '../../src/idempotency/index.js'
-import type { ClaimInput, LeaseRef, StoredResult } from '../../src/idempotency/store.js'
-import { countRows, createChargesTable, dbTargets, insertCharge, type TestDb } from './databases.js'
-
-const nowMs = 1_800_000_000_000
-
-function claimOf(scope: string, key: string): ClaimInput {
-  return {
-    scope,
-    key,
-    fingerprint: 'fp',
-    leaseToken: randomUUID(),
-    leaseExpiresAtMs: nowMs + 30_000,
-    nowMs,
-    expiresAtMs: nowMs + 86_400_000,
-  }
-}
-
-const result: StoredResult = {
-  status: 201,
-  headers: { 'content-type': 'application/json' },
-  body: Buffer.from('{"charged":42}'),
-}
+import { createIdempotency, type IdempotencyStore } from '../../src/idempotency/index.js'
+import type { LeaseRef } from '../../src/idempotency/store.js'
+import { countRows, dbTargets, insertCharge, type TestDb } from './databases.js'
+import { claimOf, completeIn, nowMs, openGroupStore } from './store-groups-support.js'
 
 describe.each(dbTargets)('failures in a group on $dialect', (target) => {
   let testDb: TestDb
   let store: IdempotencyStore
 
   beforeAll(async () => {
-    testDb = await target.open('idem_group_failures')
-    await createChargesTable(testDb.db)
-    store = createSqlIdempotencyStore(testDb.db)
+    ;({ testDb, store } = await openGroupStore(target, 'idem_group_failures'))
   })
   afterAll(async () => {
     await testDb?.close()
   })
 
   const complete = (lease: LeaseRef, writes: { sql: string; params: unknown[] }[]) =>
-    store.completeAtomically!(writes, lease, result, nowMs, nowMs + 86_400_000)
+    completeIn(store, lease, writes)
   const charges = (tenant: string) => countRows(testDb.db, 'charges', `WHERE tenant = '${tenant}'`)
 
   // A kept deferred write that pg refuses before sending it (it cannot serialize a parameter)

@@ -4,45 +4,24 @@
 // fails or lost its lease takes none of the others with it.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createSqlIdempotencyStore, type IdempotencyStore } from '../../src/idempotency/index.js'
-import type { ClaimInput, LeaseRef, StoredResult } from '../../src/idempotency/store.js'
-import { countRows, createChargesTable, dbTargets, insertCharge, type TestDb } from './databases.js'
-
-const nowMs = 1_800_000_000_000
-
-function claimOf(scope: string, key: string): ClaimInput {
-  return {
-    scope,
-    key,
-    fingerprint: 'fp',
-    leaseToken: randomUUID(),
-    leaseExpiresAtMs: nowMs + 30_000,
-    nowMs,
-    expiresAtMs: nowMs + 86_400_000,
-  }
-}
-
-const result: StoredResult = {
-  status: 201,
-  headers: { 'content-type': 'application/json' },
-  body: Buffer.from('{"charged":42}'),
-}
+import type { IdempotencyStore } from '../../src/idempotency/index.js'
+import type { LeaseRef } from '../../src/idempotency/store.js'
+import { countRows, dbTargets, insertCharge, type TestDb } from './databases.js'
+import { claimOf, completeIn, openGroupStore } from './store-groups-support.js'
 
 describe.each(dbTargets)('idempotency store groups on $dialect', (target) => {
   let testDb: TestDb
   let store: IdempotencyStore
 
   beforeAll(async () => {
-    testDb = await target.open('idem_groups')
-    await createChargesTable(testDb.db)
-    store = createSqlIdempotencyStore(testDb.db)
+    ;({ testDb, store } = await openGroupStore(target, 'idem_groups'))
   })
   afterAll(async () => {
     await testDb?.close()
   })
 
   const complete = (lease: LeaseRef, writes: { sql: string; params: unknown[] }[]) =>
-    store.completeAtomically!(writes, lease, result, nowMs, nowMs + 86_400_000)
+    completeIn(store, lease, writes)
 
   it('has group commit for leased claims and results', () => {
     expect(store.completeAtomically).toBeTypeOf('function')
