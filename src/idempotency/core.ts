@@ -247,8 +247,8 @@ export interface IdempotencyOptions {
   /**
    * Keeps completed results in this process's memory, so that a replay answers without
    * reading the store (the fingerprint is still checked: a different request with the key is
-   * still 422). A result is kept once a replay has read it from the store, for `maxAgeMs` at
-   * most and never past its retention. Safe with several processes on one store: a completed
+   * still 422). A result is kept once this process has recorded it, or a replay has read it
+   * from the store, for `maxAgeMs` at most and never past its retention. Safe with several processes on one store: a completed
    * record does not change while its retention runs (see docs/idempotency.md, "Replays from
    * memory"). `false` reads the store for every replay. `true` or `{}` takes the defaults.
    * @default { maxEntries: 1000, maxAgeMs: 60000, maxBodyBytes: 16384 }
@@ -1120,7 +1120,40 @@ class IdempotencyCore implements Idempotency {
       recoveryPoint: from?.recoveryPoint,
       phases: from?.phases ?? noPhases,
       tx,
+      onRecorded: this.#replays === undefined ? undefined : this.#keepRecorded(claim, attempt),
     })
+  }
+
+  // The result this process recorded, kept for replays as the store would return it.
+  #keepRecorded(
+    claim: ClaimInput,
+    attempt: number,
+  ): (result: StoredResult, nowMs: number, expiresAtMs: number) => void {
+    return (result, nowMs, expiresAtMs) => {
+      this.#replays?.keep(
+        {
+          scope: claim.scope,
+          key: claim.key,
+          fingerprint: claim.fingerprint,
+          state: 'completed',
+          leaseToken: claim.leaseToken,
+          leaseExpiresAtMs: undefined,
+          attempt,
+          recoveryPoint: undefined,
+          phases: noPhases,
+          // A copy: the response's buffer is the adapter's.
+          result: {
+            status: result.status,
+            headers: result.headers,
+            body: Buffer.from(result.body),
+          },
+          createdAtMs: nowMs,
+          updatedAtMs: nowMs,
+          expiresAtMs,
+        },
+        nowMs,
+      )
+    }
   }
 }
 

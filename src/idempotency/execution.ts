@@ -32,6 +32,13 @@ export interface ExecutionStart {
    * rolls back with them.
    */
   readonly tx?: DeferredTransaction | undefined
+  /**
+   * Told of the result once it is committed, with the time it was recorded at and its expiry
+   * (the replay cache keeps it).
+   */
+  readonly onRecorded?:
+    | ((result: StoredResult, nowMs: number, expiresAtMs: number) => void)
+    | undefined
 }
 
 /**
@@ -129,9 +136,11 @@ export class Execution {
    * unknown to #phases. See {@link Execution.release}.
    */
   #phaseInDoubt: { readonly error: unknown } | undefined
+  readonly #onRecorded: ExecutionStart['onRecorded']
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
+    this.#onRecorded = start.onRecorded
     this.#lease = start.lease
     this.#phases = start.phases
     this.#recoveryPoint = start.recoveryPoint
@@ -300,10 +309,12 @@ export class Execution {
       throw this.#leaseLost()
     }
     const { store, clock, retentionMs } = this.#settings
+    let recordedAtMs = 0
     try {
       await this.#tx.commit(
         async (tx) => {
           const nowMs = clock.now()
+          recordedAtMs = nowMs
           const held = await store.complete(tx, this.#lease, result, nowMs, nowMs + retentionMs)
           if (!held) throw this.#leaseLost()
         },
@@ -311,6 +322,7 @@ export class Execution {
           ? undefined
           : async (writes) => {
               const nowMs = clock.now()
+              recordedAtMs = nowMs
               const held = await store.completeAtomically!(
                 writes,
                 this.#lease,
@@ -321,6 +333,7 @@ export class Execution {
               if (!held) throw this.#leaseLost()
             },
       )
+      this.#onRecorded?.(result, recordedAtMs, recordedAtMs + retentionMs)
       publish('recorded', { scope: this.#lease.scope, key: this.#lease.key, status: result.status })
     } catch (error) {
       if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()

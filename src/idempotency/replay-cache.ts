@@ -14,8 +14,8 @@ export interface ReplayCacheOptions {
    */
   readonly maxEntries?: number | undefined
   /**
-   * How long a result is replayed from memory after it was read from the store; never past
-   * the record's retention.
+   * How long a result is replayed from memory after it was recorded or read from the store;
+   * never past the record's retention.
    * @default 60000
    */
   readonly maxAgeMs?: number | undefined
@@ -75,7 +75,7 @@ export class ReplayCache {
     return entry.record
   }
 
-  /** Keeps a completed record read from the store at `nowMs` (others are ignored). */
+  /** Keeps a completed record, recorded or read from the store at `nowMs` (others are ignored). */
   keep(record: IdempotencyRecord, nowMs: number): void {
     const body = record.result?.body
     if (record.state !== 'completed' || body === undefined) return
