@@ -446,7 +446,13 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
         [Buffer.from(body), commandId],
       )
 
-      const error = await accounts
+      // Another handler, as another process would be: this one replays the result it recorded
+      // from memory (idempotency's replay cache) and would never read the edited row.
+      const elsewhere = createCommandHandler(store, {
+        decider: account,
+        idempotency: { scope: 'edited' },
+      })
+      const error = await elsewhere
         .handle(id, { kind: 'open', owner: 'ola' }, { commandId })
         .catch((e: unknown) => e)
       expect(error).toBeInstanceOf(StoredDataError)
