@@ -10,6 +10,7 @@
 // statements per request. Measured 2026-12-05 with the driver alone (32 loops, no HTTP): new
 // keys one by one 2,300 to 3,000 per second, in groups 10,000 to 11,500, the bare INSERT 6,200
 // to 7,300.
+import { rolledBackByServer, sqlErrorKind } from '../stores/errors.js'
 import type { SqlDriver, SqlWrite } from '../stores/index.js'
 import { type IdempotencyStatements, leaseLostSqlState } from './sql.js'
 import type { ClaimInput, LeaseRef, StoredResult } from './store.js'
@@ -66,17 +67,38 @@ export class TurnGroups<I, O> {
 export const maxGroupSize = 256
 
 /**
+ * The parameters of a group statement from its members' single-request parameters (those of
+ * `claim` for `claimAll`, of `complete` for `completeAll`, which take them in the same order):
+ * each one becomes the array of the members' values, but the one at `shared`, the time the
+ * group is written at, which is one value, the latest.
+ */
+function groupParams(rows: readonly (readonly unknown[])[], shared: number): unknown[] {
+  return rows[0]!.map((_, column) =>
+    column === shared
+      ? Math.max(...rows.map((row) => row[column] as number))
+      : rows.map((row) => row[column]),
+  )
+}
+
+/** Where `claim`'s and `claimAll`'s parameters hold the time ($6). */
+const claimTimeAt = 5
+/** Where `complete`'s and `completeAll`'s parameters hold the time ($7). */
+const completeTimeAt = 6
+
+/**
  * Claims a group's keys with one statement (`claimAll`). A member's row says whether it
  * claimed and, when its snapshot showed it, the record that holds the key; the caller reads a
  * record the row lacks. A statement the server refused for its data (class 22: a value no
  * column takes) is not every member's fault: each member then claims alone, so only the one
  * with the bad value fails. Any other failure (the connection, the server) fails the group.
+ * `paramsOf` gives a claim's parameters for `claim`.
  */
 export async function runClaimGroup<R>(
   db: SqlDriver,
   claimAll: string,
   members: readonly GroupMember<ClaimInput, R | undefined>[],
   alone: (input: ClaimInput) => Promise<R | undefined>,
+  paramsOf: (input: ClaimInput) => readonly unknown[],
 ): Promise<void> {
   if (members.length === 1) {
     const [member] = members
@@ -86,7 +108,10 @@ export async function runClaimGroup<R>(
   try {
     rows = await db.query<R & { n: number | string }>(
       claimAll,
-      claimParams(members.map((m) => m.input)),
+      groupParams(
+        members.map((m) => paramsOf(m.input)),
+        claimTimeAt,
+      ),
     )
   } catch (error) {
     if (!isDataException(error)) {
@@ -100,19 +125,6 @@ export async function runClaimGroup<R>(
   members.forEach((member, index) => {
     member.resolve(byPosition.get(index + 1))
   })
-}
-
-function claimParams(inputs: readonly ClaimInput[]): unknown[] {
-  const column = <T>(pick: (input: ClaimInput) => T): T[] => inputs.map(pick)
-  return [
-    column((i) => i.scope),
-    column((i) => i.key),
-    column((i) => i.fingerprint),
-    column((i) => i.leaseToken),
-    column((i) => Math.floor(i.leaseExpiresAtMs)),
-    Math.floor(Math.max(...inputs.map((i) => i.nowMs))),
-    column((i) => Math.floor(i.expiresAtMs)),
-  ]
 }
 
 /** A request's result, with the writes its handler deferred, waiting for its group. */
@@ -139,20 +151,22 @@ export interface ResultUnit {
  *
  * A group's writes hold their row locks until the group commits, so two groups that write the
  * same rows in opposite orders can deadlock where single requests would have queued; the
- * server then aborts one group and its members run again one by one.
+ * server then aborts one group and its members run again one by one. `paramsOf` gives a
+ * result's parameters for `complete`.
  */
 export async function runResultGroup(
   db: SqlDriver,
   sql: Pick<IdempotencyStatements, 'completeAll'>,
   members: readonly GroupMember<ResultUnit, boolean>[],
+  paramsOf: (unit: ResultUnit) => readonly unknown[],
 ): Promise<void> {
   let left = members
   while (left.length > 0) {
-    const outcome = await recordOnce(db, sql.completeAll!, left)
+    const outcome = await recordOnce(db, sql.completeAll!, left, paramsOf)
     if (outcome === 'each alone') {
       // A failure no member can be blamed for: alone, each member meets only what it would
       // have met without group commit.
-      for (const member of left) await runResultGroup(db, sql, [member])
+      for (const member of left) await runResultGroup(db, sql, [member], paramsOf)
       return
     }
     if ('before' in outcome) {
@@ -160,7 +174,7 @@ export async function runResultGroup(
       // lease may turn out lost, so that write would never commit): they run first, on their
       // own; the member whose write failed then runs first of the rest, where a failure is its
       // own.
-      await runResultGroup(db, sql, outcome.before)
+      await runResultGroup(db, sql, outcome.before, paramsOf)
       left = outcome.from
       continue
     }
@@ -180,6 +194,7 @@ async function recordOnce(
   db: SqlDriver,
   completeAll: string,
   members: readonly GroupMember<ResultUnit, boolean>[],
+  paramsOf: (unit: ResultUnit) => readonly unknown[],
 ): Promise<RecordOutcome> {
   const sent: Promise<unknown>[] = []
   let firstFailed: { readonly member: number; readonly error: unknown } | undefined
@@ -198,14 +213,19 @@ async function recordOnce(
           })
         }
       })
-      const params = resultParams(members)
+      const params = groupParams(
+        members.map((m) => paramsOf(m.input)),
+        completeTimeAt,
+      )
       if (tx.finish !== undefined) await tx.finish(completeAll, params)
       else await tx.execute(completeAll, params)
     })
   } catch (error) {
     await Promise.allSettled(sent)
     if (firstFailed !== undefined) {
-      if (members.length > 1 && isConcurrencyFailure(firstFailed.error)) return 'each alone'
+      if (members.length > 1 && sqlErrorKind(firstFailed.error) === 'serialization-failure') {
+        return 'each alone'
+      }
       const blamed = firstFailed.member
       if (blamed > 0) return { before: members.slice(0, blamed), from: members.slice(blamed) }
       members[0]!.reject(firstFailed.error)
@@ -217,28 +237,14 @@ async function recordOnce(
       return members.filter((_, index) => !lost.has(index + 1))
     }
     // The server refused the COMMIT itself (a deferred constraint, a serialization failure):
-    // nothing was written, and which member caused it is not known.
-    if (members.length > 1 && hasSqlState(error)) return 'each alone'
+    // nothing was written, and which member caused it is not known. A failure the server did
+    // not answer (the connection lost during COMMIT) is in doubt: it fails the group.
+    if (members.length > 1 && rolledBackByServer(error)) return 'each alone'
     for (const member of members) member.reject(error)
     return []
   }
   for (const member of members) member.resolve(true)
   return []
-}
-
-function resultParams(members: readonly GroupMember<ResultUnit, boolean>[]): unknown[] {
-  const column = <T>(pick: (unit: ResultUnit) => T): T[] => members.map((m) => pick(m.input))
-  return [
-    column((u) => u.lease.scope),
-    column((u) => u.lease.key),
-    column((u) => u.lease.leaseToken),
-    column((u) => u.result.status ?? null),
-    column((u) => JSON.stringify(u.result.headers)),
-    // pg writes a byte array of an array parameter as bytea's hex text.
-    column((u) => u.result.body),
-    Math.floor(Math.max(...members.map((m) => m.input.nowMs))),
-    column((u) => Math.floor(u.expiresAtMs)),
-  ]
 }
 
 // The 1-based positions of the members whose lease was lost, from completeAll's error;
@@ -251,19 +257,6 @@ function lostPositions(error: unknown): Set<number> | undefined {
     return undefined
   }
   return new Set(positions)
-}
-
-// An answer of the server (its errors carry a five-character SQLSTATE): the transaction was
-// not committed. A failure without one (the connection lost during COMMIT) is in doubt.
-function hasSqlState(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)
-}
-
-// 40001 serialization failure, 40P01 deadlock detected: what concurrent transactions did.
-function isConcurrencyFailure(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code
-  return code === '40001' || code === '40P01'
 }
 
 // SQLSTATE class 22, data exception: the statement was refused for a value it carried.

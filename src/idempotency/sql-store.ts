@@ -360,17 +360,26 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       ? undefined
       : new TurnGroups<ClaimInput, ClaimRow | undefined>(
           (members) =>
-            runClaimGroup(db, claimAll, members, async (input) => {
-              const rows = await db.query<ClaimRow>(sql.claim, claimParams(input))
-              return rows[0]
-            }),
+            runClaimGroup(
+              db,
+              claimAll,
+              members,
+              async (input) => {
+                const rows = await db.query<ClaimRow>(sql.claim, claimParams(input))
+                return rows[0]
+              },
+              claimParams,
+            ),
           maxGroupSize,
         )
   const resultGroups =
     atomically !== undefined || sql.completeAll === undefined
       ? undefined
       : new TurnGroups<ResultUnit, boolean>(
-          (members) => runResultGroup(db, sql, members),
+          (members) =>
+            runResultGroup(db, sql, members, (unit) =>
+              completeParams(unit.lease, unit.result, unit.nowMs, unit.expiresAtMs),
+            ),
           maxGroupSize,
         )
   const autocommit = new ClaimSteps(
