@@ -1141,17 +1141,14 @@ class IdempotencyCore implements Idempotency {
           attempt,
           recoveryPoint: undefined,
           phases: noPhases,
-          // A copy: the response's buffer is the adapter's.
-          result: {
-            status: result.status,
-            headers: result.headers,
-            body: Buffer.from(result.body),
-          },
+          result,
           createdAtMs: nowMs,
           updatedAtMs: nowMs,
           expiresAtMs,
         },
         nowMs,
+        // The response's buffer is the adapter's.
+        true,
       )
     }
   }

@@ -75,14 +75,21 @@ export class ReplayCache {
     return entry.record
   }
 
-  /** Keeps a completed record, recorded or read from the store at `nowMs` (others are ignored). */
-  keep(record: IdempotencyRecord, nowMs: number): void {
-    const body = record.result?.body
-    if (record.state !== 'completed' || body === undefined) return
-    if (body.byteLength > this.#maxBodyBytes) return
+  /**
+   * Keeps a completed record, recorded or read from the store at `nowMs` (others are ignored).
+   * `copyBody`: the body's buffer belongs to someone else (the response the adapter captured),
+   * so a record that is kept gets a copy of it.
+   */
+  keep(record: IdempotencyRecord, nowMs: number, copyBody = false): void {
+    const result = record.result
+    if (record.state !== 'completed' || result === undefined) return
+    if (result.body.byteLength > this.#maxBodyBytes) return
     const untilMs = Math.min(record.expiresAtMs, nowMs + this.#maxAgeMs)
     if (untilMs <= nowMs) return
-    this.#entries.set(entryId(record.scope, record.key), { record, untilMs })
+    const kept = copyBody
+      ? { ...record, result: { ...result, body: Buffer.from(result.body) } }
+      : record
+    this.#entries.set(entryId(record.scope, record.key), { record: kept, untilMs })
   }
 }
 
